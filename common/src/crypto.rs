@@ -13,7 +13,9 @@ use std::fmt;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -184,7 +186,10 @@ impl PrivateKey {
 
     /// Passphrase-encrypted PKCS#8 PEM (`BEGIN ENCRYPTED PRIVATE KEY`):
     /// scrypt and AES-256-CBC, readable by OpenSSL.
-    pub fn to_encrypted_pem(&self, passphrase: &Passphrase) -> Result<Zeroizing<String>, CryptoError> {
+    pub fn to_encrypted_pem(
+        &self,
+        passphrase: &Passphrase,
+    ) -> Result<Zeroizing<String>, CryptoError> {
         self.key
             .to_pkcs8_encrypted_pem(passphrase.as_bytes(), LineEnding::LF)
             .map_err(|_| CryptoError::MalformedKey("cannot encrypt key"))
@@ -248,7 +253,9 @@ impl PublicKey {
             .map_err(|_| CryptoError::MalformedKey("not an RSA SubjectPublicKeyInfo"))?;
         let this = Self::from_rsa(key)?;
         if this.spki != der {
-            return Err(CryptoError::MalformedKey("non-canonical public key encoding"));
+            return Err(CryptoError::MalformedKey(
+                "non-canonical public key encoding",
+            ));
         }
         Ok(this)
     }
@@ -283,7 +290,12 @@ impl PublicKey {
     }
 
     /// Checks an RSA-PSS-SHA256 signature made for `purpose`.
-    pub fn verify(&self, purpose: Purpose, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+    pub fn verify(
+        &self,
+        purpose: Purpose,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), CryptoError> {
         if signature.len() != self.key.size() {
             return Err(CryptoError::BadSignature);
         }
@@ -303,7 +315,12 @@ impl PublicKey {
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({}, {} bits)", self.node_id().fmt_short(), self.bits())
+        write!(
+            f,
+            "PublicKey({}, {} bits)",
+            self.node_id().fmt_short(),
+            self.bits()
+        )
     }
 }
 
@@ -318,6 +335,11 @@ impl Passphrase {
             text.pop();
         }
         Self(Zeroizing::new(text))
+    }
+
+    /// Whether two passphrases are the same (to confirm a typed one).
+    pub fn same_as(&self, other: &Passphrase) -> bool {
+        self.0.as_bytes() == other.0.as_bytes()
     }
 
     /// Whether the passphrase is empty.
@@ -361,21 +383,44 @@ impl SymmetricKey {
 
     /// Encrypts and authenticates `plaintext` and `aad`. The nonce must never
     /// repeat under one key.
-    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.cipher()?
-            .encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                &Nonce::from(*nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Seal)
     }
 
     /// Decrypts and checks a ciphertext sealed with the same nonce and AAD.
-    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.cipher()?
-            .decrypt(&Nonce::from(*nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                &Nonce::from(*nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Decrypt)
     }
 
     fn cipher(&self) -> Result<Aes256Gcm, CryptoError> {
-        Aes256Gcm::new_from_slice(self.0.as_slice()).map_err(|_| CryptoError::MalformedKey("bad AES key"))
+        Aes256Gcm::new_from_slice(self.0.as_slice())
+            .map_err(|_| CryptoError::MalformedKey("bad AES key"))
     }
 }
 
@@ -417,10 +462,23 @@ mod tests {
         assert!(public.verify(Purpose::Identity, b"hellO", &sig).is_err());
         let mut flipped = sig.clone();
         flipped[10] ^= 1;
-        assert!(public.verify(Purpose::Identity, b"hello", &flipped).is_err());
-        assert!(public.verify(Purpose::Identity, b"hello", &sig[1..]).is_err());
+        assert!(
+            public
+                .verify(Purpose::Identity, b"hello", &flipped)
+                .is_err()
+        );
+        assert!(
+            public
+                .verify(Purpose::Identity, b"hello", &sig[1..])
+                .is_err()
+        );
         let other = PrivateKey::generate(2048).unwrap();
-        assert!(other.public_key().verify(Purpose::Identity, b"hello", &sig).is_err());
+        assert!(
+            other
+                .public_key()
+                .verify(Purpose::Identity, b"hello", &sig)
+                .is_err()
+        );
     }
 
     #[test]
@@ -459,7 +517,8 @@ mod tests {
         let pass = Passphrase::new("correct horse\n".into());
         let enc = key.to_encrypted_pem(&pass).unwrap();
         assert!(enc.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
-        let back = PrivateKey::from_encrypted_pem(&enc, &Passphrase::new("correct horse".into())).unwrap();
+        let back =
+            PrivateKey::from_encrypted_pem(&enc, &Passphrase::new("correct horse".into())).unwrap();
         assert_eq!(back.public_key(), key.public_key());
         assert!(matches!(
             PrivateKey::from_encrypted_pem(&enc, &Passphrase::new("wrong".into())),
@@ -478,13 +537,20 @@ mod tests {
         assert!(PublicKey::from_spki_der(&der[..der.len() - 1]).is_err());
         assert!(PublicKey::from_spki_der(b"").is_err());
         assert!(PublicKey::from_spki_der(&[0x30; 2000]).is_err());
-        assert!(matches!(PrivateKey::generate(1024), Err(CryptoError::KeySize(1024))));
+        assert!(matches!(
+            PrivateKey::generate(1024),
+            Err(CryptoError::KeySize(1024))
+        ));
     }
 
     #[test]
     fn debug_output_never_shows_secrets() {
         let key = key();
-        let printed = format!("{key:?} {:?} {:?}", SymmetricKey::generate(), Passphrase::new("pw".into()));
+        let printed = format!(
+            "{key:?} {:?} {:?}",
+            SymmetricKey::generate(),
+            Passphrase::new("pw".into())
+        );
         assert!(printed.starts_with("PrivateKey("));
         assert!(!printed.contains("pw\""));
         assert!(!printed.contains("BEGIN"));

@@ -57,7 +57,11 @@ impl Envelope {
     }
 
     /// Encodes and signs a message for `purpose`.
-    pub fn seal_message<M: Message>(key: &PrivateKey, purpose: Purpose, message: &M) -> Result<Self, EnvelopeError> {
+    pub fn seal_message<M: Message>(
+        key: &PrivateKey,
+        purpose: Purpose,
+        message: &M,
+    ) -> Result<Self, EnvelopeError> {
         Self::seal(key, purpose, message.encode_to_vec())
     }
 
@@ -81,7 +85,11 @@ impl Envelope {
     }
 
     /// Verifies the signature with a known key, then decodes the body.
-    pub fn open_message<M: Message + Default>(&self, key: &PublicKey, purpose: Purpose) -> Result<M, EnvelopeError> {
+    pub fn open_message<M: Message + Default>(
+        &self,
+        key: &PublicKey,
+        purpose: Purpose,
+    ) -> Result<M, EnvelopeError> {
         let body = self.open(key, purpose)?;
         Ok(M::decode(body)?)
     }
@@ -89,7 +97,10 @@ impl Envelope {
     /// Verifies the signature with the key carried in the envelope, then
     /// decodes the body. The caller must still check that the signer is who
     /// the body claims (for example, that an identity document names this key).
-    pub fn open_self_signed<M: Message + Default>(&self, purpose: Purpose) -> Result<(M, &PublicKey), EnvelopeError> {
+    pub fn open_self_signed<M: Message + Default>(
+        &self,
+        purpose: Purpose,
+    ) -> Result<(M, &PublicKey), EnvelopeError> {
         let signer = self.signer.as_ref().ok_or(EnvelopeError::BadSigner)?;
         let message = self.open_message(signer, purpose)?;
         Ok((message, signer))
@@ -106,7 +117,10 @@ impl Envelope {
     }
 
     /// Converts from the wire form, refusing bodies larger than `max_body`.
-    pub fn from_proto(wire: proto::common::v1::Envelope, max_body: usize) -> Result<Self, EnvelopeError> {
+    pub fn from_proto(
+        wire: proto::common::v1::Envelope,
+        max_body: usize,
+    ) -> Result<Self, EnvelopeError> {
         if wire.body.len() > max_body {
             return Err(EnvelopeError::TooLarge {
                 size: wire.body.len(),
@@ -116,7 +130,10 @@ impl Envelope {
         let signer = if wire.signer_public_key.is_empty() {
             None
         } else {
-            Some(PublicKey::from_spki_der(&wire.signer_public_key).map_err(|_| EnvelopeError::BadSigner)?)
+            Some(
+                PublicKey::from_spki_der(&wire.signer_public_key)
+                    .map_err(|_| EnvelopeError::BadSigner)?,
+            )
         };
         Ok(Self {
             body: wire.body,
@@ -180,7 +197,9 @@ mod tests {
     fn round_trip_through_bytes() {
         let envelope = Envelope::seal_message(&KEY, Purpose::Record, &location()).unwrap();
         let back = Envelope::from_bytes(&envelope.to_bytes(), 1024).unwrap();
-        let decoded: Location = back.open_message(KEY.public_key(), Purpose::Record).unwrap();
+        let decoded: Location = back
+            .open_message(KEY.public_key(), Purpose::Record)
+            .unwrap();
         assert_eq!(decoded, location());
     }
 
@@ -225,7 +244,11 @@ mod tests {
         let mut wire = envelope.to_proto();
         wire.signer_public_key = other.public_key().spki_der().to_vec();
         let swapped = Envelope::from_proto(wire.clone(), 1024).unwrap();
-        assert!(swapped.open_self_signed::<Location>(Purpose::Identity).is_err());
+        assert!(
+            swapped
+                .open_self_signed::<Location>(Purpose::Identity)
+                .is_err()
+        );
         wire.signer_public_key.clear();
         let unsigned = Envelope::from_proto(wire.clone(), 1024).unwrap();
         assert!(matches!(
@@ -233,7 +256,10 @@ mod tests {
             Err(EnvelopeError::BadSigner)
         ));
         wire.signer_public_key = vec![1, 2, 3];
-        assert!(matches!(Envelope::from_proto(wire, 1024), Err(EnvelopeError::BadSigner)));
+        assert!(matches!(
+            Envelope::from_proto(wire, 1024),
+            Err(EnvelopeError::BadSigner)
+        ));
     }
 
     #[test]
@@ -241,7 +267,10 @@ mod tests {
         let envelope = Envelope::seal(&KEY, Purpose::Record, vec![0; 2000]).unwrap();
         assert!(matches!(
             Envelope::from_bytes(&envelope.to_bytes(), 1024),
-            Err(EnvelopeError::TooLarge { size: 2000, max: 1024 })
+            Err(EnvelopeError::TooLarge {
+                size: 2000,
+                max: 1024
+            })
         ));
     }
 

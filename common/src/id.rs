@@ -426,7 +426,12 @@ impl fmt::Debug for UserName {
 
 /// Checks the shared rule of user names and aliases.
 /// `length_rule` is the message given when the length is out of range.
-fn check_word(s: &str, min: usize, max: usize, length_rule: &'static str) -> Result<(), &'static str> {
+fn check_word(
+    s: &str,
+    min: usize,
+    max: usize,
+    length_rule: &'static str,
+) -> Result<(), &'static str> {
     if s.len() < min || s.len() > max {
         return Err(length_rule);
     }
@@ -464,7 +469,9 @@ fn check_host(host: &str) -> Result<(), &'static str> {
             return Err("a part may not start or end with '-'");
         }
     }
-    let all_numeric = host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    let all_numeric = host
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
     if all_numeric && host.parse::<std::net::Ipv4Addr>().is_err() {
         return Err("looks like an IPv4 address but is not one");
     }
@@ -585,9 +592,22 @@ mod tests {
 
     #[test]
     fn server_addresses_become_id_hosts() {
-        assert_eq!(IdHost::from_server_addr("127.0.0.1:7700").unwrap().to_string(), "127.0.0.1");
-        assert_eq!(IdHost::from_server_addr("ID.Example.org").unwrap().to_string(), "id.example.org");
-        assert_eq!(IdHost::from_server_addr("id-a:9000").unwrap().to_string(), "id-a_9000");
+        assert_eq!(
+            IdHost::from_server_addr("127.0.0.1:7700")
+                .unwrap()
+                .to_string(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            IdHost::from_server_addr("ID.Example.org")
+                .unwrap()
+                .to_string(),
+            "id.example.org"
+        );
+        assert_eq!(
+            IdHost::from_server_addr("id-a:9000").unwrap().to_string(),
+            "id-a_9000"
+        );
         assert!(IdHost::from_server_addr("id-a:").is_err());
         assert!(IdHost::from_server_addr("id_a:7700").is_err());
         assert!(IdHost::from_server_addr("[::1]:7700").is_err());

@@ -124,7 +124,11 @@ impl IdentityDocument {
         if self.endpoints.len() > MAX_ENDPOINTS {
             return Err(IdentityError::Invalid("too many endpoints"));
         }
-        if self.endpoints.iter().any(|e| e.is_empty() || e.len() > MAX_ENDPOINT_LEN) {
+        if self
+            .endpoints
+            .iter()
+            .any(|e| e.is_empty() || e.len() > MAX_ENDPOINT_LEN)
+        {
             return Err(IdentityError::Invalid("endpoint is empty or too long"));
         }
         if self.revision == 0 {
@@ -146,7 +150,8 @@ impl TryFrom<proto::identity::v1::IdentityDocument> for IdentityDocument {
         }
         let document = Self {
             user_id,
-            master_key: PublicKey::from_spki_der(&wire.master_public_key).map_err(IdentityError::Key)?,
+            master_key: PublicKey::from_spki_der(&wire.master_public_key)
+                .map_err(IdentityError::Key)?,
             endpoints: wire.endpoints,
             revision: wire.revision,
             created_unix: wire.created_unix,
@@ -177,8 +182,8 @@ impl SignedIdentity {
     /// Verifies a received envelope: the signature with the carried key
     /// first, then the body, then that the body names that same key.
     pub fn verify(envelope: Envelope) -> Result<Self, IdentityError> {
-        let (wire, signer) =
-            envelope.open_self_signed::<proto::identity::v1::IdentityDocument>(Purpose::Identity)?;
+        let (wire, signer) = envelope
+            .open_self_signed::<proto::identity::v1::IdentityDocument>(Purpose::Identity)?;
         if wire.master_public_key != signer.spki_der() {
             return Err(IdentityError::WrongSigner);
         }
@@ -251,7 +256,8 @@ impl PinStore {
 
     /// Checks `key` against the pin for `user`, pinning it if there is none.
     pub fn check(&self, user: &UserId, key: &PublicKey) -> Result<Pin, IdentityError> {
-        let _lock = FileLock::exclusive(&self.lock_path()).map_err(IdentityError::io(&self.path))?;
+        let _lock =
+            FileLock::exclusive(&self.lock_path()).map_err(IdentityError::io(&self.path))?;
         let mut file = self.load()?;
         let offered = key.node_id();
         if let Some(entry) = file.pins.get(&user.to_string()) {
@@ -283,7 +289,8 @@ impl PinStore {
 
     /// Forgets the pin of `user`. Returns whether there was one.
     pub fn remove(&self, user: &UserId) -> Result<bool, IdentityError> {
-        let _lock = FileLock::exclusive(&self.lock_path()).map_err(IdentityError::io(&self.path))?;
+        let _lock =
+            FileLock::exclusive(&self.lock_path()).map_err(IdentityError::io(&self.path))?;
         let mut file = self.load()?;
         let removed = file.pins.remove(&user.to_string()).is_some();
         if removed {
@@ -312,7 +319,8 @@ impl PinStore {
             path: self.path.clone(),
             source: io::Error::other(e),
         })?;
-        atomic_file::write(&self.path, &bytes, PRIVATE_FILE_MODE).map_err(IdentityError::io(&self.path))
+        atomic_file::write(&self.path, &bytes, PRIVATE_FILE_MODE)
+            .map_err(IdentityError::io(&self.path))
     }
 }
 
@@ -337,12 +345,16 @@ pub fn write_backup(
     passphrase: &Passphrase,
 ) -> Result<(), IdentityError> {
     if passphrase.is_empty() {
-        return Err(IdentityError::Backup("a backup needs a non-empty passphrase"));
+        return Err(IdentityError::Backup(
+            "a backup needs a non-empty passphrase",
+        ));
     }
     if master.public_key() != &identity.document().master_key {
         return Err(IdentityError::WrongSigner);
     }
-    let encrypted = master.to_encrypted_pem(passphrase).map_err(IdentityError::Key)?;
+    let encrypted = master
+        .to_encrypted_pem(passphrase)
+        .map_err(IdentityError::Key)?;
     let file = BackupFile {
         format: BACKUP_FORMAT.into(),
         user_id: identity.document().user_id.to_string(),
@@ -357,9 +369,13 @@ pub fn write_backup(
 }
 
 /// Reads an identity backup and decrypts its master key.
-pub fn read_backup(path: &Path, passphrase: &Passphrase) -> Result<(SignedIdentity, PrivateKey), IdentityError> {
+pub fn read_backup(
+    path: &Path,
+    passphrase: &Passphrase,
+) -> Result<(SignedIdentity, PrivateKey), IdentityError> {
     let bytes = fs::read(path).map_err(IdentityError::io(path))?;
-    let file: BackupFile = serde_json::from_slice(&bytes).map_err(|_| IdentityError::Backup("not valid JSON"))?;
+    let file: BackupFile =
+        serde_json::from_slice(&bytes).map_err(|_| IdentityError::Backup("not valid JSON"))?;
     if file.format != BACKUP_FORMAT {
         return Err(IdentityError::Backup("unknown format"));
     }
@@ -367,10 +383,12 @@ pub fn read_backup(path: &Path, passphrase: &Passphrase) -> Result<(SignedIdenti
         .decode(file.identity.as_bytes())
         .map_err(|_| IdentityError::Backup("identity is not base64"))?;
     let identity = SignedIdentity::from_bytes(&envelope)?;
-    let master =
-        PrivateKey::from_encrypted_pem(&file.master_key, passphrase).map_err(|_| IdentityError::BackupPassphrase)?;
+    let master = PrivateKey::from_encrypted_pem(&file.master_key, passphrase)
+        .map_err(|_| IdentityError::BackupPassphrase)?;
     if master.public_key() != &identity.document().master_key {
-        return Err(IdentityError::Backup("master key does not match the identity document"));
+        return Err(IdentityError::Backup(
+            "master key does not match the identity document",
+        ));
     }
     Ok((identity, master))
 }
@@ -409,8 +427,13 @@ mod tests {
             Err(IdentityError::WrongSigner)
         ));
         // A document naming KEY but signed (and carried) by `other`.
-        let envelope = Envelope::seal_self_signed(&other, Purpose::Identity, &document(&KEY).to_proto()).unwrap();
-        assert!(matches!(SignedIdentity::verify(envelope), Err(IdentityError::WrongSigner)));
+        let envelope =
+            Envelope::seal_self_signed(&other, Purpose::Identity, &document(&KEY).to_proto())
+                .unwrap();
+        assert!(matches!(
+            SignedIdentity::verify(envelope),
+            Err(IdentityError::WrongSigner)
+        ));
     }
 
     #[test]
@@ -469,7 +492,15 @@ mod tests {
         ));
         // An existing file is never overwritten, and empty passphrases are refused.
         assert!(write_backup(&path, &signed, &KEY, &pass).is_err());
-        assert!(write_backup(&dir.path().join("b2"), &signed, &KEY, &Passphrase::new(String::new())).is_err());
+        assert!(
+            write_backup(
+                &dir.path().join("b2"),
+                &signed,
+                &KEY,
+                &Passphrase::new(String::new())
+            )
+            .is_err()
+        );
         fs::write(dir.path().join("junk"), b"{}").unwrap();
         assert!(matches!(
             read_backup(&dir.path().join("junk"), &pass),

@@ -348,10 +348,15 @@ impl Keystore {
             });
         }
         let (file, meta) = self.read(&path)?;
-        let pem = file.private_pem.as_deref().ok_or_else(|| damaged(&path, "no private key"))?;
+        let pem = file
+            .private_pem
+            .as_deref()
+            .ok_or_else(|| damaged(&path, "no private key"))?;
         let key = if file.encrypted {
-            let pass = passphrase.ok_or_else(|| KeystoreError::PassphraseRequired(key_id.clone()))?;
-            PrivateKey::from_encrypted_pem(pem, pass).map_err(|_| KeystoreError::WrongPassphrase(key_id.clone()))?
+            let pass =
+                passphrase.ok_or_else(|| KeystoreError::PassphraseRequired(key_id.clone()))?;
+            PrivateKey::from_encrypted_pem(pem, pass)
+                .map_err(|_| KeystoreError::WrongPassphrase(key_id.clone()))?
         } else {
             PrivateKey::from_pkcs8_pem(pem).map_err(|e| damaged(&path, &e.to_string()))?
         };
@@ -367,7 +372,8 @@ impl Keystore {
             let path = self.path(key_id, kind);
             if path.exists() {
                 let (file, meta) = self.read(&path)?;
-                let key = PublicKey::from_pem(&file.public_pem).map_err(|e| damaged(&path, &e.to_string()))?;
+                let key = PublicKey::from_pem(&file.public_pem)
+                    .map_err(|e| damaged(&path, &e.to_string()))?;
                 return Ok((key, meta));
             }
         }
@@ -420,8 +426,19 @@ impl Keystore {
         Ok(meta)
     }
 
+    /// Removes a master key that was never used: only for undoing a
+    /// `silt init` whose name the identity server refused. Every other
+    /// deletion goes through [`Keystore::delete`], which protects the master key.
+    pub fn discard_unused_master(&self, key_id: &KeyId) -> Result<(), KeystoreError> {
+        let _lock = self.lock()?;
+        let path = self.path(key_id, KeyKind::Private);
+        fs::remove_file(&path).map_err(io_err(&path))
+    }
+
     fn write_new(&self, path: &Path, file: &KeyFile) -> Result<(), KeystoreError> {
-        let bytes = Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| damaged(path, &e.to_string()))?);
+        let bytes = Zeroizing::new(
+            serde_json::to_vec_pretty(file).map_err(|e| damaged(path, &e.to_string()))?,
+        );
         atomic_file::write_new(path, &bytes, PRIVATE_FILE_MODE).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 KeystoreError::Exists(file.key_id.clone())
@@ -440,7 +457,8 @@ impl Keystore {
         if bytes.len() as u64 > MAX_KEY_FILE {
             return Err(damaged(path, "file is too large"));
         }
-        let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| damaged(path, &e.to_string()))?;
+        let file: KeyFile =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(path, &e.to_string()))?;
         if file.format != FORMAT {
             return Err(damaged(path, "unknown format"));
         }
@@ -448,7 +466,8 @@ impl Keystore {
         if expected.file_name() != path.file_name() {
             return Err(damaged(path, "file name does not match the key id inside"));
         }
-        let public = PublicKey::from_pem(&file.public_pem).map_err(|e| damaged(path, &e.to_string()))?;
+        let public =
+            PublicKey::from_pem(&file.public_pem).map_err(|e| damaged(path, &e.to_string()))?;
         let meta = file.meta(&public);
         Ok((file, meta))
     }
@@ -484,10 +503,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Keystore::open(dir.path().join("keys")).unwrap();
         let id: KeyId = "photos$alice@id-a".parse().unwrap();
-        let meta = store.add_private(new_key("photos$alice@id-a"), &KEY, None).unwrap();
+        let meta = store
+            .add_private(new_key("photos$alice@id-a"), &KEY, None)
+            .unwrap();
         assert_eq!(meta.bits, 2048);
         let path = dir.path().join("keys/photos$alice@id-a.private");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         let (loaded, meta) = store.load_private(&id, None).unwrap();
         assert_eq!(loaded.public_key(), KEY.public_key());
@@ -507,7 +531,10 @@ mod tests {
                 KEY.public_key(),
             )
             .unwrap();
-        assert!(matches!(store.load_private(&bob, None), Err(KeystoreError::PublicOnly(_))));
+        assert!(matches!(
+            store.load_private(&bob, None),
+            Err(KeystoreError::PublicOnly(_))
+        ));
         let listing = store.list().unwrap();
         assert_eq!(listing.keys.len(), 2);
         assert!(listing.damaged.is_empty());
@@ -515,10 +542,16 @@ mod tests {
 
         store.delete(&id).unwrap();
         assert!(!path.exists());
-        assert!(matches!(store.load_private(&id, None), Err(KeystoreError::NotFound(_))));
+        assert!(matches!(
+            store.load_private(&id, None),
+            Err(KeystoreError::NotFound(_))
+        ));
         assert!(matches!(store.delete(&id), Err(KeystoreError::NotFound(_))));
         let master: KeyId = "master$alice@id-a".parse().unwrap();
-        assert!(matches!(store.delete(&master), Err(KeystoreError::MasterProtected(_))));
+        assert!(matches!(
+            store.delete(&master),
+            Err(KeystoreError::MasterProtected(_))
+        ));
     }
 
     #[test]
@@ -527,7 +560,9 @@ mod tests {
         let store = Keystore::open(dir.path().join("keys")).unwrap();
         let id: KeyId = "master$alice@id-a".parse().unwrap();
         let pass = Passphrase::new("secret words".into());
-        store.add_private(new_key("master$alice@id-a"), &KEY, Some(&pass)).unwrap();
+        store
+            .add_private(new_key("master$alice@id-a"), &KEY, Some(&pass))
+            .unwrap();
         let text = fs::read_to_string(dir.path().join("keys/master$alice@id-a.private")).unwrap();
         assert!(text.contains("BEGIN ENCRYPTED PRIVATE KEY"));
         assert!(matches!(
@@ -547,7 +582,9 @@ mod tests {
     fn damaged_and_exposed_files_are_reported_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = Keystore::open(dir.path().join("keys")).unwrap();
-        store.add_private(new_key("photos$alice@id-a"), &KEY, None).unwrap();
+        store
+            .add_private(new_key("photos$alice@id-a"), &KEY, None)
+            .unwrap();
         let junk = dir.path().join("keys/junk$alice@id-a.private");
         atomic_file::write(&junk, b"not json", 0o600).unwrap();
         let listing = store.list().unwrap();
@@ -557,7 +594,9 @@ mod tests {
 
         let path = dir.path().join("keys/photos$alice@id-a.private");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = store.load_private(&"photos$alice@id-a".parse().unwrap(), None).unwrap_err();
+        let err = store
+            .load_private(&"photos$alice@id-a".parse().unwrap(), None)
+            .unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -55,7 +55,10 @@ mod tests {
         let path = dir.path().join("lock");
         let first = FileLock::exclusive(&path).unwrap();
         let other = File::open(&path).unwrap();
-        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
         drop(first);
         other.try_lock().unwrap();
     }

@@ -21,7 +21,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    ServerConfig,
+};
 
 use crate::crypto::{PrivateKey, PublicKey, Purpose};
 use crate::id::NodeId;
@@ -89,12 +92,21 @@ impl TlsIdentity {
             master_public_key: master.public_key().spki_der().to_vec(),
             signature,
         };
-        Self::build(key, Some(binding.encode_to_vec()), master.public_key().node_id())
+        Self::build(
+            key,
+            Some(binding.encode_to_vec()),
+            master.public_key().node_id(),
+        )
     }
 
-    fn build(key: rcgen::KeyPair, binding: Option<Vec<u8>>, node_id: NodeId) -> Result<Self, TlsError> {
+    fn build(
+        key: rcgen::KeyPair,
+        binding: Option<Vec<u8>>,
+        node_id: NodeId,
+    ) -> Result<Self, TlsError> {
         let cert_err = |e: rcgen::Error| TlsError::Certificate(e.to_string());
-        let mut params = rcgen::CertificateParams::new(vec!["silt".to_owned()]).map_err(cert_err)?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["silt".to_owned()]).map_err(cert_err)?;
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + CERT_LIFETIME;
@@ -105,7 +117,10 @@ impl TlsIdentity {
         if let Some(binding) = binding {
             params
                 .custom_extensions
-                .push(rcgen::CustomExtension::from_oid_content(BINDING_OID, binding));
+                .push(rcgen::CustomExtension::from_oid_content(
+                    BINDING_OID,
+                    binding,
+                ));
         }
         let cert = params.self_signed(&key).map_err(cert_err)?;
         Ok(Self {
@@ -133,7 +148,10 @@ impl TlsIdentity {
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_single_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(config)
     }
@@ -147,7 +165,10 @@ impl TlsIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_client_auth_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         config.enable_sni = false;
         Ok(config)
@@ -164,10 +185,12 @@ impl fmt::Debug for TlsIdentity {
 /// well-formed, inside its validity period at `now_unix`, correctly
 /// self-signed, and carrying exactly one valid master-key binding.
 pub fn verify_certificate(der: &[u8], now_unix: i64) -> Result<PeerIdentity, TlsError> {
-    let (rest, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|_| TlsError::BadCertificate("malformed certificate"))?;
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| TlsError::BadCertificate("malformed certificate"))?;
     if !rest.is_empty() {
-        return Err(TlsError::BadCertificate("trailing bytes after the certificate"));
+        return Err(TlsError::BadCertificate(
+            "trailing bytes after the certificate",
+        ));
     }
     let validity = cert.validity();
     if now_unix < validity.not_before.timestamp() || now_unix > validity.not_after.timestamp() {
@@ -204,7 +227,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn tls_key() -> Result<rcgen::KeyPair, TlsError> {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| TlsError::Certificate(e.to_string()))
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| TlsError::Certificate(e.to_string()))
 }
 
 /// Verifies Silt peers, as a client (server certificates) and as a server
@@ -234,7 +258,9 @@ impl PeerVerifier {
             rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
         };
         if !intermediates.is_empty() {
-            return Err(refuse(TlsError::BadCertificate("intermediate certificates are not accepted")));
+            return Err(refuse(TlsError::BadCertificate(
+                "intermediate certificates are not accepted",
+            )));
         }
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let peer = verify_certificate(end_entity, now).map_err(refuse)?;
@@ -349,7 +375,8 @@ pub mod danger {
             master_public_key: claimed.spki_der().to_vec(),
             signature: signer.sign(Purpose::Tls, &spki).expect("signing works"),
         };
-        TlsIdentity::build(key, Some(binding.encode_to_vec()), claimed.node_id()).expect("certificate builds")
+        TlsIdentity::build(key, Some(binding.encode_to_vec()), claimed.node_id())
+            .expect("certificate builds")
     }
 
     /// A certificate whose binding signature has one bit flipped.
@@ -362,8 +389,12 @@ pub mod danger {
             master_public_key: master.public_key().spki_der().to_vec(),
             signature,
         };
-        TlsIdentity::build(key, Some(binding.encode_to_vec()), master.public_key().node_id())
-            .expect("certificate builds")
+        TlsIdentity::build(
+            key,
+            Some(binding.encode_to_vec()),
+            master.public_key().node_id(),
+        )
+        .expect("certificate builds")
     }
 
     /// A certificate with no binding at all.

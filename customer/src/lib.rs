@@ -1,1 +1,21 @@
-//! placeholder
+//! `silt`: the Silt customer. The library holds what the CLI and the daemon
+//! share; `main.rs` and `cli/` are the command line.
+//!
+//! - [`home`]: the home directory: config, identity, keystore, pins, state.
+//! - [`idserver`]: publishing and fetching identity documents.
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod home;
+pub mod idserver;
+
+use std::sync::Arc;
+
+use common::crypto::PrivateKey;
+use common::tls::{TlsError, TlsIdentity};
+
+/// A dialer that presents a fresh TLS certificate bound to `master`.
+pub fn dialer(master: &PrivateKey) -> Result<net::Dialer, TlsError> {
+    Ok(net::Dialer::new(Arc::new(TlsIdentity::generate(master)?)))
+}

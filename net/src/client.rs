@@ -61,7 +61,11 @@ impl Dialer {
     /// [`Connection::peer`].
     ///
     /// Cancel-safe: dropping the future abandons the attempt.
-    pub async fn connect(&self, addr: &str, expected: Option<NodeId>) -> Result<Connection, NetError> {
+    pub async fn connect(
+        &self,
+        addr: &str,
+        expected: Option<NodeId>,
+    ) -> Result<Connection, NetError> {
         let addrs = self.resolver.resolve(addr).await?;
         let config = Arc::new(self.identity.client_config(expected)?);
         let connector = TlsConnector::from(config);
@@ -86,16 +90,17 @@ impl Dialer {
                         .and_then(|certs| certs.first())
                         .ok_or_else(|| std::io::Error::other("peer sent no certificate"))
                         .and_then(|cert| {
-                            common::tls::verify_certificate(cert, common::unix_now()).map_err(std::io::Error::other)
+                            common::tls::verify_certificate(cert, common::unix_now())
+                                .map_err(std::io::Error::other)
                         })?;
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(peer);
                     }
                     Ok::<_, std::io::Error>(TokioIo::new(tls))
                 };
-                tokio::time::timeout(timeout, attempt)
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+                tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })?
             }
         });
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -107,13 +112,14 @@ impl Dialer {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect_with_connector(dial)
-            .await
-            .map_err(|e| NetError::Connect {
-                addr: addr.to_owned(),
-                reason: crate::error_chain(&e),
-            })?;
+        let channel =
+            endpoint
+                .connect_with_connector(dial)
+                .await
+                .map_err(|e| NetError::Connect {
+                    addr: addr.to_owned(),
+                    reason: crate::error_chain(&e),
+                })?;
         let peer = seen
             .lock()
             .ok()

@@ -34,10 +34,13 @@ impl Resolver {
                     })
             })
             .await?;
-        let lookup = resolver.lookup_ip(host).await.map_err(|e| NetError::Resolve {
-            host: host.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let lookup = resolver
+            .lookup_ip(host)
+            .await
+            .map_err(|e| NetError::Resolve {
+                host: host.to_owned(),
+                reason: e.to_string(),
+            })?;
         let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
         if addrs.is_empty() {
             return Err(NetError::Resolve {
@@ -56,10 +59,13 @@ pub fn split_host_port(addr: &str) -> Result<(&str, u16), NetError> {
         reason,
     };
     let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
-        let (host, port) = rest.split_once("]:").ok_or_else(|| bad("expected [v6-address]:port"))?;
+        let (host, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("expected [v6-address]:port"))?;
         (host, port)
     } else {
-        addr.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?
+        addr.rsplit_once(':')
+            .ok_or_else(|| bad("expected host:port"))?
     };
     if host.is_empty() {
         return Err(bad("host is empty"));
@@ -90,6 +96,11 @@ mod tests {
         let addrs = resolver.resolve("127.0.0.1:7700").await.unwrap();
         assert_eq!(addrs, vec!["127.0.0.1:7700".parse().unwrap()]);
         let addrs = resolver.resolve("localhost:7700").await.unwrap();
-        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 7700), "{addrs:?}");
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7700),
+            "{addrs:?}"
+        );
     }
 }

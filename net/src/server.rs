@@ -67,13 +67,21 @@ impl Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -185,7 +193,9 @@ fn authenticated_peer(
     let cert = conn
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .ok_or(common::tls::TlsError::BadCertificate("no client certificate"))?;
+        .ok_or(common::tls::TlsError::BadCertificate(
+            "no client certificate",
+        ))?;
     let peer = common::tls::verify_certificate(cert, common::unix_now())?;
     Ok(PeerInfo {
         node_id: peer.node_id,

@@ -48,7 +48,10 @@ impl Peer for EchoPeer {
         Err(Status::unimplemented("test"))
     }
 
-    async fn deliver(&self, _: Request<DeliverRequest>) -> Result<Response<DeliverResponse>, Status> {
+    async fn deliver(
+        &self,
+        _: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
 }
@@ -81,7 +84,11 @@ async fn serve(identity: TlsIdentity) -> TestServer {
     TestServer { addr, cancel }
 }
 
-async fn ping(dialer: &Dialer, addr: SocketAddr, expected: Option<common::id::NodeId>) -> Result<String, String> {
+async fn ping(
+    dialer: &Dialer,
+    addr: SocketAddr,
+    expected: Option<common::id::NodeId>,
+) -> Result<String, String> {
     let connection = dialer
         .connect(&addr.to_string(), expected)
         .await
@@ -107,7 +114,10 @@ async fn handshake_authenticates_both_sides() {
     let server_id = SERVER.public_key().node_id();
 
     // The client learns who answered, and the server sees the client's ID.
-    let connection = client.connect(&server.addr.to_string(), None).await.unwrap();
+    let connection = client
+        .connect(&server.addr.to_string(), None)
+        .await
+        .unwrap();
     assert_eq!(connection.peer.node_id, server_id);
     let seen = ping(&client, server.addr, Some(server_id)).await.unwrap();
     assert_eq!(seen, CLIENT.public_key().node_id().to_string());
@@ -164,7 +174,10 @@ async fn plaintext_and_certificate_less_clients_cannot_talk() {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    let err = PeerClient::new(channel).ping(PingRequest {}).await.unwrap_err();
+    let err = PeerClient::new(channel)
+        .ping(PingRequest {})
+        .await
+        .unwrap_err();
     assert_ne!(err.code(), tonic::Code::Ok);
 
     // TLS 1.3 without a client certificate.
@@ -189,8 +202,13 @@ async fn plaintext_and_certificate_less_clients_cannot_talk() {
         }
         Ok(n)
     };
-    let outcome = tokio::time::timeout(Duration::from_secs(5), result).await.unwrap();
-    assert!(outcome.is_err(), "server answered a client without a certificate");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), result)
+        .await
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "server answered a client without a certificate"
+    );
 }
 
 #[derive(Debug)]

@@ -1,1 +1,248 @@
-//! placeholder
+//! `silt-supplier`: the Silt storage node.
+//!
+//! [`Supplier::spawn`] opens the store, binds the mutual-TLS port and serves
+//! every role on it: health, and the identity server when enabled. Storage,
+//! DHT and mailbox services join it as they are built.
+//!
+//! Shutdown runs in a fixed order (see [`Supplier::shutdown`]).
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::crypto::PrivateKey;
+use common::id::{IdHost, NodeId};
+use common::tls::TlsIdentity;
+use proto::identity::v1::identity_server::IdentityServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use crate::config::Config;
+use crate::service::identity::IdentityService;
+use crate::store::{Store, StoreError};
+
+/// File name of the node's master key in the data directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+const DB_DIR: &str = "db";
+
+/// Why a supplier could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory has no node key.
+    #[error("no node key at {0}: run `silt-supplier init` first")]
+    NotInitialised(PathBuf),
+    /// The data directory already has a node key.
+    #[error("{0} already holds a node key; refusing to overwrite it")]
+    AlreadyInitialised(PathBuf),
+    /// The node key is unreadable.
+    #[error("node key {path}: {reason}")]
+    NodeKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The store failed to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] common::tls::TlsError),
+    /// A socket or file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the data directory (mode 0700) and a new node key in it.
+pub fn init_data_dir(data: &Path, key_bits: usize) -> Result<NodeId, Error> {
+    let path = data.join(NODE_KEY_FILE);
+    if path.exists() {
+        return Err(Error::AlreadyInitialised(path));
+    }
+    common::atomic_file::create_private_dir(data).map_err(|source| Error::Io {
+        context: format!("cannot create {}", data.display()),
+        source,
+    })?;
+    let key = PrivateKey::generate(key_bits).map_err(|e| Error::NodeKey {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let pem = key.to_pkcs8_pem().map_err(|e| Error::NodeKey {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    common::atomic_file::write_new(
+        &path,
+        pem.as_bytes(),
+        common::atomic_file::PRIVATE_FILE_MODE,
+    )
+    .map_err(|source| Error::Io {
+        context: format!("cannot write {}", path.display()),
+        source,
+    })?;
+    Ok(key.public_key().node_id())
+}
+
+fn load_node_key(data: &Path) -> Result<PrivateKey, Error> {
+    let path = data.join(NODE_KEY_FILE);
+    if !path.exists() {
+        return Err(Error::NotInitialised(path));
+    }
+    let bad = |reason: String| Error::NodeKey {
+        path: path.clone(),
+        reason,
+    };
+    common::atomic_file::check_private(&path).map_err(|e| bad(e.to_string()))?;
+    let pem =
+        zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?);
+    PrivateKey::from_pkcs8_pem(&pem).map_err(|e| bad(e.to_string()))
+}
+
+/// A running supplier.
+#[derive(Debug)]
+pub struct Supplier {
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    grace: std::time::Duration,
+}
+
+impl Supplier {
+    /// Opens the store and starts serving on `config.listen`.
+    pub async fn spawn(config: Config) -> Result<Self, Error> {
+        let master = load_node_key(&config.data)?;
+        let node_id = master.public_key().node_id();
+        let tls = TlsIdentity::generate(&master)?;
+        let db_dir = config.data.join(DB_DIR);
+        let store = tokio::task::spawn_blocking(move || Store::open(&db_dir))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+            context: "no local address".into(),
+            source,
+        })?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let identity = if config.identity_server {
+            let host = identity_host(&config, local_addr)?;
+            info!(%host, "serving the identity server role");
+            health
+                .set_serving::<IdentityServer<IdentityService>>()
+                .await;
+            Some(IdentityServer::new(IdentityService::new(
+                store.clone(),
+                host,
+            )))
+        } else {
+            None
+        };
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_optional_service(identity);
+
+        let cancel = CancellationToken::new();
+        let incoming = net::server::incoming(
+            listener,
+            Arc::new(tls.server_config()?),
+            net::server::Limits::default(),
+            cancel.child_token(),
+        );
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),
+        );
+        info!(addr = %local_addr, node = %node_id, "supplier listening");
+        Ok(Self {
+            node_id,
+            local_addr,
+            cancel,
+            server: Some(server),
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The node ID (SHA-256 of the node's master key).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The bound address of the mutual-TLS port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the node. Idempotent.
+    pub async fn shutdown(&mut self) {
+        // 1. Stop accepting connections and ask open ones to finish.
+        self.cancel.cancel();
+        // 2. Let in-flight requests finish, up to the grace period.
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(self.grace, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
+                Ok(Err(e)) => warn!(error = %e, "server task failed"),
+                Err(_) => {
+                    warn!(grace = ?self.grace, "requests still running after the grace period; aborting them");
+                    server.abort();
+                    let _ = server.await;
+                }
+            }
+        }
+        // 3. Background workers stop with the same token.
+        // 4. The store closes when the last handle drops: services held the
+        //    other handles and are gone with the server task. Writes were
+        //    synced as they were acknowledged.
+        info!(node = %self.node_id.fmt_short(), "supplier stopped");
+    }
+}
+
+impl Drop for Supplier {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+fn identity_host(config: &Config, local_addr: SocketAddr) -> Result<IdHost, Error> {
+    if let Some(host) = &config.identity_host {
+        return host
+            .parse()
+            .map_err(|e| Error::Config(format!("identity_host: {e}")));
+    }
+    let addr = config
+        .public_addr
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    IdHost::from_server_addr(&addr).map_err(|e| {
+        Error::Config(format!(
+            "cannot derive the identity host from {addr:?} ({e}); set identity_host or public_addr"
+        ))
+    })
+}

@@ -1,0 +1,284 @@
+//! `silt key`: create, list, delete, export and import keys.
+//!
+//! Exports are PEM with `Silt-*:` header lines before the `BEGIN` line (which
+//! OpenSSL skips), so an export carries its key ID and can be imported as is.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use common::crypto::{PrivateKey, PublicKey};
+use common::id::{Alias, KeyId};
+use common::keystore::{KeyKind, KeyMeta, NewKey, Origin};
+use serde_json::json;
+
+use super::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a key; without ALIAS a random `share_<32 hex>` one.
+    Create {
+        /// 3-50 of a-z0-9_-, starting with a letter.
+        alias: Option<String>,
+        /// A note for yourself.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// RSA size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = common::crypto::DEFAULT_KEY_BITS)]
+        size: usize,
+    },
+    /// List every key, created or received.
+    List,
+    /// Delete a key (never the master key).
+    Delete {
+        /// `alias$user@idhost`, or an alias of your own.
+        key_id: String,
+    },
+    /// Print a key: the public part, or with --private the private part.
+    Export {
+        /// `alias$user@idhost`, or an alias of your own.
+        key_id: String,
+        /// Print the private key (asks for confirmation unless --yes).
+        #[arg(long)]
+        private: bool,
+        /// Do not ask before printing a private key.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Import a key from a file written by `silt key export` or any PKCS#8 /
+    /// SubjectPublicKeyInfo PEM.
+    Import {
+        /// The PEM file.
+        file: PathBuf,
+        /// The key ID to store it under (needed when the file has no
+        /// Silt-Key-Id header).
+        #[arg(long = "as")]
+        key_id: Option<String>,
+        /// A note for yourself.
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+pub(crate) fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
+    match command {
+        KeyCommand::Create { alias, label, size } => create(ctx, alias, label, size),
+        KeyCommand::List => list(ctx),
+        KeyCommand::Delete { key_id } => {
+            let key_id = ctx.key_id(&key_id)?;
+            let meta = ctx.home.keystore()?.delete(&key_id)?;
+            ctx.out.print(
+                format!("deleted {}", meta.key_id),
+                json!({ "deleted": meta.key_id.to_string() }),
+            );
+            Ok(())
+        }
+        KeyCommand::Export {
+            key_id,
+            private,
+            yes,
+        } => export(ctx, &key_id, private, yes),
+        KeyCommand::Import {
+            file,
+            key_id,
+            label,
+        } => import(ctx, file, key_id, label),
+    }
+}
+
+fn create(ctx: &Ctx, alias: Option<String>, label: String, size: usize) -> Result<()> {
+    let owner = ctx.home.config()?.user_id;
+    let alias = match alias {
+        Some(text) => {
+            let alias: Alias = text.parse()?;
+            if alias.is_master() {
+                bail!("`master` is the identity key's alias; choose another");
+            }
+            alias
+        }
+        None => Alias::random_share(),
+    };
+    if !common::crypto::ALLOWED_KEY_BITS.contains(&size) {
+        bail!("--size must be 2048, 3072 or 4096, not {size}");
+    }
+    let key_id = KeyId::new(alias, owner);
+    let keystore = ctx.home.keystore()?;
+    if keystore.contains(&key_id) {
+        bail!("a key {key_id} already exists");
+    }
+    let key = PrivateKey::generate(size)?;
+    let meta = keystore.add_private(
+        NewKey {
+            key_id,
+            label,
+            epoch: 0,
+            origin: Origin::Created,
+        },
+        &key,
+        None,
+    )?;
+    ctx.out
+        .print(format!("created {}", meta.key_id), meta_json(&meta));
+    Ok(())
+}
+
+fn list(ctx: &Ctx) -> Result<()> {
+    let listing = ctx.home.keystore()?.list()?;
+    for problem in &listing.damaged {
+        ctx.out.warn(problem);
+    }
+    let mut human = String::new();
+    for meta in &listing.keys {
+        human.push_str(&format!(
+            "{}\n    {} {}-bit, {}, epoch {}, created {}{}\n",
+            meta.key_id,
+            match meta.kind {
+                KeyKind::Private => "private",
+                KeyKind::Public => "public ",
+            },
+            meta.bits,
+            meta.origin,
+            meta.epoch,
+            super::date(meta.created_unix),
+            if meta.label.is_empty() {
+                String::new()
+            } else {
+                format!(", label {:?}", meta.label)
+            },
+        ));
+    }
+    if listing.keys.is_empty() {
+        human.push_str("no keys (run `silt init` first)\n");
+    }
+    ctx.out.print(
+        human.trim_end(),
+        json!({
+            "keys": listing.keys.iter().map(meta_json).collect::<Vec<_>>(),
+            "damaged": listing.damaged.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(())
+}
+
+fn meta_json(meta: &KeyMeta) -> serde_json::Value {
+    json!({
+        "key_id": meta.key_id.to_string(),
+        "kind": meta.kind,
+        "label": meta.label,
+        "created_unix": meta.created_unix,
+        "epoch": meta.epoch,
+        "origin": meta.origin.to_string(),
+        "bits": meta.bits,
+        "encrypted": meta.encrypted,
+        "fingerprint": meta.fingerprint,
+    })
+}
+
+fn export(ctx: &Ctx, key_id: &str, private: bool, yes: bool) -> Result<()> {
+    let key_id = ctx.key_id(key_id)?;
+    let keystore = ctx.home.keystore()?;
+    let (public, meta) = keystore.load_public(&key_id)?;
+    let pem = if private {
+        if key_id.is_master() {
+            bail!(
+                "the master key never leaves this device unencrypted; use `silt identity backup --out FILE`"
+            );
+        }
+        if !yes {
+            confirm(&format!(
+                "Print the PRIVATE key {key_id}? Anyone who sees it can read the data it protects."
+            ))?;
+        }
+        let (key, _) = keystore.load_private(&key_id, None)?;
+        key.to_pkcs8_pem()?.to_string()
+    } else {
+        public.to_pem()?
+    };
+    let text = format!(
+        "Silt-Key-Id: {key_id}\nSilt-Epoch: {}\nSilt-Label: {}\n{}",
+        meta.epoch,
+        meta.label.replace('\n', " "),
+        pem
+    );
+    ctx.out.print(
+        text.trim_end(),
+        json!({ "key_id": key_id.to_string(), "private": private, "pem": pem, "epoch": meta.epoch, "label": meta.label }),
+    );
+    Ok(())
+}
+
+fn confirm(question: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to print a private key without confirmation; pass --yes");
+    }
+    eprint!("{question}\nType yes to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("not confirmed; nothing printed");
+    }
+    Ok(())
+}
+
+/// What an export file says about its key.
+#[derive(Debug, Default)]
+struct Headers {
+    key_id: Option<String>,
+    epoch: Option<u64>,
+    label: Option<String>,
+}
+
+fn import(ctx: &Ctx, file: PathBuf, key_id: Option<String>, label: Option<String>) -> Result<()> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    let begin = text
+        .find("-----BEGIN ")
+        .with_context(|| format!("{} holds no PEM key", file.display()))?;
+    let mut headers = Headers::default();
+    for line in text[..begin].lines() {
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            match name.trim() {
+                "Silt-Key-Id" => headers.key_id = Some(value.to_owned()),
+                "Silt-Epoch" => {
+                    headers.epoch =
+                        Some(value.parse().context("Silt-Epoch header is not a number")?);
+                }
+                "Silt-Label" => headers.label = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    let key_id_text = key_id
+        .or(headers.key_id)
+        .context("the file names no key; give one with --as alias$user@idhost")?;
+    let key_id = ctx.key_id(&key_id_text)?;
+    let pem = &text[begin..];
+    let new = NewKey {
+        key_id: key_id.clone(),
+        label: label.or(headers.label).unwrap_or_default(),
+        epoch: headers.epoch.unwrap_or(0),
+        origin: Origin::Imported,
+    };
+    let keystore = ctx.home.keystore()?;
+    let meta = if pem.starts_with("-----BEGIN PUBLIC KEY-----") {
+        keystore.add_public(new, &PublicKey::from_pem(pem)?)?
+    } else if pem.starts_with("-----BEGIN PRIVATE KEY-----") {
+        if key_id.is_master() {
+            bail!("master keys are restored with `silt identity restore`, not imported");
+        }
+        keystore.add_private(new, &PrivateKey::from_pkcs8_pem(pem)?, None)?
+    } else {
+        bail!(
+            "{} holds an unsupported PEM block; expected PUBLIC KEY or PRIVATE KEY (PKCS#8)",
+            file.display()
+        );
+    };
+    ctx.out
+        .print(format!("imported {}", meta.key_id), meta_json(&meta));
+    Ok(())
+}
