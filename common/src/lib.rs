@@ -6,6 +6,7 @@
 //! - [`envelope`]: signed bodies, verified before they are decoded.
 //! - [`identity`]: identity documents, trust-on-first-use pins, backups.
 //! - [`keystore`]: one file per key, atomic and mode 0600.
+//! - [`manifest`]: file version manifests with their two signatures.
 //! - [`tls`]: self-certifying mutual TLS.
 
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ pub mod id;
 pub mod identity;
 pub mod keystore;
 pub mod lockfile;
+pub mod manifest;
 pub mod tls;
 
 /// Seconds since the Unix epoch; 0 if the clock is before 1970.
