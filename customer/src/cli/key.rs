@@ -62,6 +62,8 @@ pub(crate) enum KeyCommand {
 }
 
 pub(crate) fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
+    // Every key command works on an initialised home.
+    ctx.home.config()?;
     match command {
         KeyCommand::Create { alias, label, size } => create(ctx, alias, label, size),
         KeyCommand::List => list(ctx),
