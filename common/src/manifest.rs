@@ -53,7 +53,9 @@ pub struct ObjectId(pub [u8; 32]);
 impl ObjectId {
     /// Parses 32 bytes from the wire.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, ManifestError> {
-        Ok(Self(bytes.try_into().map_err(|_| ManifestError::Invalid("object id must be 32 bytes"))?))
+        Ok(Self(bytes.try_into().map_err(|_| {
+            ManifestError::Invalid("object id must be 32 bytes")
+        })?))
     }
 }
 
@@ -88,7 +90,9 @@ impl Scheme {
     /// Checks the bounds: k ≥ 1, k + m ≤ [`MAX_POSITIONS`].
     pub fn check(&self) -> Result<(), ManifestError> {
         if self.data == 0 {
-            return Err(ManifestError::Invalid("scheme needs at least one data fragment"));
+            return Err(ManifestError::Invalid(
+                "scheme needs at least one data fragment",
+            ));
         }
         if self.positions() > MAX_POSITIONS {
             return Err(ManifestError::Invalid("scheme has too many positions"));
@@ -180,7 +184,9 @@ impl Manifest {
         }
         let positions = self.scheme.positions() as usize;
         if self.blocks.iter().any(|b| b.sha256.len() != positions) {
-            return Err(ManifestError::Invalid("a block does not list one hash per position"));
+            return Err(ManifestError::Invalid(
+                "a block does not list one hash per position",
+            ));
         }
         Ok(())
     }
@@ -190,8 +196,12 @@ impl TryFrom<proto::storage::v1::Manifest> for Manifest {
     type Error = ManifestError;
 
     fn try_from(wire: proto::storage::v1::Manifest) -> Result<Self, Self::Error> {
-        let location = wire.location.ok_or(ManifestError::Invalid("missing location"))?;
-        let scheme = wire.scheme.ok_or(ManifestError::Invalid("missing scheme"))?;
+        let location = wire
+            .location
+            .ok_or(ManifestError::Invalid("missing location"))?;
+        let scheme = wire
+            .scheme
+            .ok_or(ManifestError::Invalid("missing scheme"))?;
         let mut blocks = Vec::with_capacity(wire.blocks.len());
         for block in wire.blocks {
             let mut sha256 = Vec::with_capacity(block.sha256.len());
@@ -237,7 +247,11 @@ pub struct SignedManifest {
 impl SignedManifest {
     /// Encodes and signs `manifest` with the location key and the writer's
     /// master key.
-    pub fn sign(manifest: &Manifest, location_key: &PrivateKey, writer_key: &PrivateKey) -> Result<Self, ManifestError> {
+    pub fn sign(
+        manifest: &Manifest,
+        location_key: &PrivateKey,
+        writer_key: &PrivateKey,
+    ) -> Result<Self, ManifestError> {
         manifest.check()?;
         let body = manifest.to_proto().encode_to_vec();
         if body.len() > MAX_MANIFEST_BYTES {
@@ -247,7 +261,9 @@ impl SignedManifest {
             location_signature: location_key
                 .sign(Purpose::Manifest, &body)
                 .map_err(ManifestError::Sign)?,
-            writer_signature: writer_key.sign(Purpose::Manifest, &body).map_err(ManifestError::Sign)?,
+            writer_signature: writer_key
+                .sign(Purpose::Manifest, &body)
+                .map_err(ManifestError::Sign)?,
             body,
         })
     }
@@ -292,7 +308,11 @@ impl SignedManifest {
     }
 
     /// Checks both signatures and returns the manifest.
-    pub fn verify(&self, location_key: &PublicKey, writer_key: &PublicKey) -> Result<Manifest, ManifestError> {
+    pub fn verify(
+        &self,
+        location_key: &PublicKey,
+        writer_key: &PublicKey,
+    ) -> Result<Manifest, ManifestError> {
         let manifest = self.verify_location(location_key)?;
         self.verify_writer(writer_key)?;
         Ok(manifest)
@@ -330,7 +350,11 @@ mod tests {
     fn both_signatures_are_checked() {
         let signed = SignedManifest::sign(&manifest(), &SHARE, &WRITER).unwrap();
         let back = SignedManifest::from_proto(signed.to_proto()).unwrap();
-        assert_eq!(back.verify(SHARE.public_key(), WRITER.public_key()).unwrap(), manifest());
+        assert_eq!(
+            back.verify(SHARE.public_key(), WRITER.public_key())
+                .unwrap(),
+            manifest()
+        );
         assert!(matches!(
             back.verify(WRITER.public_key(), WRITER.public_key()),
             Err(ManifestError::BadLocationSignature)
@@ -342,7 +366,11 @@ mod tests {
         let mut wire = signed.to_proto();
         wire.body[3] ^= 1;
         let tampered = SignedManifest::from_proto(wire).unwrap();
-        assert!(tampered.verify(SHARE.public_key(), WRITER.public_key()).is_err());
+        assert!(
+            tampered
+                .verify(SHARE.public_key(), WRITER.public_key())
+                .is_err()
+        );
     }
 
     #[test]

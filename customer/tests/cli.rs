@@ -21,7 +21,9 @@ impl IdServer {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         supplier::init_data_dir(dir.path(), 2048).unwrap();
-        let node = Supplier::spawn(Config::for_tests(dir.path())).await.unwrap();
+        let node = Supplier::spawn(Config::for_tests(dir.path()))
+            .await
+            .unwrap();
         Self { node, dir }
     }
 
@@ -72,7 +74,11 @@ fn ok(output: &Output) -> String {
 }
 
 fn fails(output: &Output) -> String {
-    assert!(!output.status.success(), "unexpectedly succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        !output.status.success(),
+        "unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
@@ -81,13 +87,28 @@ fn json(output: &Output) -> Value {
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut all: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut all: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     all.sort();
     all
 }
 
 fn init(home: &Path, name: &str, server: &str) -> Value {
-    json(&silt(home, &["--json", "init", "--name", name, "--id-server", server, "--key-size", "2048"]))
+    json(&silt(
+        home,
+        &[
+            "--json",
+            "init",
+            "--name",
+            name,
+            "--id-server",
+            server,
+            "--key-size",
+            "2048",
+        ],
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +118,10 @@ async fn init_creates_a_private_master_key_and_a_published_identity_once() {
     let home = dir.path().join("alice");
 
     // The default key size, as a new user would run it.
-    let out = ok(&silt(&home, &["init", "--name", "alice", "--id-server", &server.addr()]));
+    let out = ok(&silt(
+        &home,
+        &["init", "--name", "alice", "--id-server", &server.addr()],
+    ));
     assert!(out.contains("created identity alice@127.0.0.1_"), "{out}");
     assert!(out.contains("3072-bit RSA"), "{out}");
     assert!(out.contains("published to"), "{out}");
@@ -108,8 +132,18 @@ async fn init_creates_a_private_master_key_and_a_published_identity_once() {
         .filter(|p| p.to_string_lossy().contains("master$alice@"))
         .collect();
     assert_eq!(master.len(), 1);
-    assert_eq!(fs::metadata(master[0]).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(fs::metadata(home.join("identity")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(master[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(home.join("identity"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let text = fs::read_to_string(master[0]).unwrap();
     assert!(text.contains("BEGIN PRIVATE KEY"));
 
@@ -120,7 +154,10 @@ async fn init_creates_a_private_master_key_and_a_published_identity_once() {
 
     // A second init refuses and changes nothing.
     let before = fs::read(master[0]).unwrap();
-    let err = fails(&silt(&home, &["init", "--name", "alice", "--id-server", &server.addr()]));
+    let err = fails(&silt(
+        &home,
+        &["init", "--name", "alice", "--id-server", &server.addr()],
+    ));
     assert!(err.contains("already initialised"), "{err}");
     assert_eq!(fs::read(master[0]).unwrap(), before);
     let shown = json(&silt(&home, &["--json", "identity", "show"]));
@@ -136,12 +173,24 @@ async fn a_taken_name_is_refused_and_nothing_is_kept() {
     let mallory = dir.path().join("mallory");
     let err = fails(&silt(
         &mallory,
-        &["init", "--name", "alice", "--id-server", &server.addr(), "--key-size", "2048"],
+        &[
+            "init",
+            "--name",
+            "alice",
+            "--id-server",
+            &server.addr(),
+            "--key-size",
+            "2048",
+        ],
     ));
     assert!(err.contains("already taken"), "{err}");
     assert!(!mallory.join("identity").exists());
     assert!(!mallory.join("config.toml").exists());
-    assert!(files(&mallory.join("keys")).iter().all(|p| !p.to_string_lossy().contains("master$")));
+    assert!(
+        files(&mallory.join("keys"))
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("master$"))
+    );
     // The name is free to try again under another name.
     init(&mallory, "mallory", &server.addr());
 }
@@ -154,12 +203,26 @@ async fn an_unreachable_server_keeps_the_identity_and_publish_catches_up() {
 
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("alice");
-    let output = silt(&home, &["init", "--name", "alice", "--id-server", &addr, "--key-size", "2048"]);
+    let output = silt(
+        &home,
+        &[
+            "init",
+            "--name",
+            "alice",
+            "--id-server",
+            &addr,
+            "--key-size",
+            "2048",
+        ],
+    );
     ok(&output);
     let warning = String::from_utf8_lossy(&output.stderr);
     assert!(warning.contains("unreachable"), "{warning}");
     assert!(warning.contains("silt identity publish"), "{warning}");
-    assert_eq!(json(&silt(&home, &["--json", "identity", "show"]))["published"], false);
+    assert_eq!(
+        json(&silt(&home, &["--json", "identity", "show"]))["published"],
+        false
+    );
 
     // Publishing while the server is down fails with a clear error.
     let err = fails(&silt(&home, &["identity", "publish"]));
@@ -168,7 +231,10 @@ async fn an_unreachable_server_keeps_the_identity_and_publish_catches_up() {
     server.restart().await;
     let out = ok(&silt(&home, &["identity", "publish"]));
     assert!(out.contains("published alice@"), "{out}");
-    assert_eq!(json(&silt(&home, &["--json", "identity", "show"]))["published"], true);
+    assert_eq!(
+        json(&silt(&home, &["--json", "identity", "show"]))["published"],
+        true
+    );
     // Publishing again is idempotent.
     ok(&silt(&home, &["identity", "publish"]));
 }
@@ -180,20 +246,43 @@ async fn keys_are_created_listed_and_deleted_and_bad_aliases_write_nothing() {
     let home = dir.path().join("alice");
     init(&home, "alice", &server.addr());
 
-    let created = json(&silt(&home, &["--json", "key", "create", "photos", "--label", "trip", "--size", "2048"]));
-    assert!(created["key_id"].as_str().unwrap().starts_with("photos$alice@"));
+    let created = json(&silt(
+        &home,
+        &[
+            "--json", "key", "create", "photos", "--label", "trip", "--size", "2048",
+        ],
+    ));
+    assert!(
+        created["key_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("photos$alice@")
+    );
     let random = json(&silt(&home, &["--json", "key", "create", "--size", "2048"]));
     let random_id = random["key_id"].as_str().unwrap().to_owned();
     let alias = random_id.split('$').next().unwrap();
-    assert!(alias.starts_with("share_") && alias.len() == 6 + 32, "{alias}");
+    assert!(
+        alias.starts_with("share_") && alias.len() == 6 + 32,
+        "{alias}"
+    );
 
     let listed = json(&silt(&home, &["--json", "key", "list"]));
-    let ids: Vec<&str> = listed["keys"].as_array().unwrap().iter().map(|k| k["key_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(ids.iter().any(|id| id.starts_with("master$alice@")));
     assert!(ids.iter().any(|id| id.starts_with("photos$alice@")));
     assert!(ids.contains(&random_id.as_str()));
-    let photos = listed["keys"].as_array().unwrap().iter().find(|k| k["key_id"].as_str().unwrap().starts_with("photos")).unwrap();
+    let photos = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"].as_str().unwrap().starts_with("photos"))
+        .unwrap();
     assert_eq!(photos["label"], "trip");
     assert_eq!(photos["origin"], "created");
     assert_eq!(photos["epoch"], 0);
@@ -241,26 +330,48 @@ async fn export_prints_public_parts_and_guards_private_ones() {
     let bob = dir.path().join("bob");
     init(&alice, "alice", &server.addr());
     init(&bob, "bob", &server.addr());
-    ok(&silt(&alice, &["key", "create", "photos", "--label", "trip", "--size", "2048"]));
+    ok(&silt(
+        &alice,
+        &[
+            "key", "create", "photos", "--label", "trip", "--size", "2048",
+        ],
+    ));
 
     let public = ok(&silt(&alice, &["key", "export", "photos"]));
     assert!(public.contains("Silt-Key-Id: photos$alice@"), "{public}");
-    assert!(public.contains("BEGIN PUBLIC KEY") && !public.contains("PRIVATE"), "{public}");
+    assert!(
+        public.contains("BEGIN PUBLIC KEY") && !public.contains("PRIVATE"),
+        "{public}"
+    );
 
     // Private export needs confirmation: refused without a terminal or --yes.
     let err = fails(&silt(&alice, &["key", "export", "photos", "--private"]));
     assert!(err.contains("--yes"), "{err}");
-    let private = ok(&silt(&alice, &["key", "export", "photos", "--private", "--yes"]));
+    let private = ok(&silt(
+        &alice,
+        &["key", "export", "photos", "--private", "--yes"],
+    ));
     assert!(private.contains("BEGIN PRIVATE KEY"));
     // The master key never leaves unencrypted.
-    let err = fails(&silt(&alice, &["key", "export", "master", "--private", "--yes"]));
+    let err = fails(&silt(
+        &alice,
+        &["key", "export", "master", "--private", "--yes"],
+    ));
     assert!(err.contains("identity backup"), "{err}");
 
     // Bob imports Alice's public key as it was exported.
     let file = dir.path().join("photos.pub");
     fs::write(&file, &public).unwrap();
-    let imported = json(&silt(&bob, &["--json", "key", "import", file.to_str().unwrap()]));
-    assert!(imported["key_id"].as_str().unwrap().starts_with("photos$alice@"));
+    let imported = json(&silt(
+        &bob,
+        &["--json", "key", "import", file.to_str().unwrap()],
+    ));
+    assert!(
+        imported["key_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("photos$alice@")
+    );
     assert_eq!(imported["kind"], "public");
     assert_eq!(imported["label"], "trip");
     assert_eq!(imported["origin"], "imported");
@@ -273,13 +384,31 @@ async fn export_prints_public_parts_and_guards_private_ones() {
     assert!(err.contains("no PEM key"), "{err}");
     // A private key imports under the name the user gives.
     let file = dir.path().join("photos.key");
-    fs::write(&file, private.lines().filter(|l| !l.starts_with("Silt-Key-Id")).collect::<Vec<_>>().join("\n")).unwrap();
+    fs::write(
+        &file,
+        private
+            .lines()
+            .filter(|l| !l.starts_with("Silt-Key-Id"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
     let err = fails(&silt(&bob, &["key", "import", file.to_str().unwrap()]));
     assert!(err.contains("--as"), "{err}");
-    let alice_id = json(&silt(&alice, &["--json", "identity", "show"]))["user_id"].as_str().unwrap().to_owned();
+    let alice_id = json(&silt(&alice, &["--json", "identity", "show"]))["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let imported = json(&silt(
         &bob,
-        &["--json", "key", "import", file.to_str().unwrap(), "--as", &format!("holiday${alice_id}")],
+        &[
+            "--json",
+            "key",
+            "import",
+            file.to_str().unwrap(),
+            "--as",
+            &format!("holiday${alice_id}"),
+        ],
     ));
     assert_eq!(imported["kind"], "private");
 }
@@ -293,12 +422,30 @@ async fn a_backup_restores_the_same_node_id_and_a_wrong_passphrase_fails_cleanly
     let backup = dir.path().join("alice.backup");
     let pass = [("SILT_PASSPHRASE", "correct horse battery")];
 
-    let err = fails(&silt(&alice, &["identity", "backup", "--out", backup.to_str().unwrap()]));
+    let err = fails(&silt(
+        &alice,
+        &["identity", "backup", "--out", backup.to_str().unwrap()],
+    ));
     assert!(err.contains("passphrase"), "{err}");
-    ok(&silt_with(&alice, &["identity", "backup", "--out", backup.to_str().unwrap()], &pass));
-    assert_eq!(fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(!fs::read_to_string(&backup).unwrap().contains("BEGIN PRIVATE KEY"));
-    let err = fails(&silt_with(&alice, &["identity", "backup", "--out", backup.to_str().unwrap()], &pass));
+    ok(&silt_with(
+        &alice,
+        &["identity", "backup", "--out", backup.to_str().unwrap()],
+        &pass,
+    ));
+    assert_eq!(
+        fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !fs::read_to_string(&backup)
+            .unwrap()
+            .contains("BEGIN PRIVATE KEY")
+    );
+    let err = fails(&silt_with(
+        &alice,
+        &["identity", "backup", "--out", backup.to_str().unwrap()],
+        &pass,
+    ));
     assert!(err.contains("already exists"), "{err}");
 
     let laptop = dir.path().join("laptop");
@@ -310,7 +457,11 @@ async fn a_backup_restores_the_same_node_id_and_a_wrong_passphrase_fails_cleanly
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!laptop.join("identity").exists());
 
-    let restored = json(&silt_with(&laptop, &["--json", "identity", "restore", backup.to_str().unwrap()], &pass));
+    let restored = json(&silt_with(
+        &laptop,
+        &["--json", "identity", "restore", backup.to_str().unwrap()],
+        &pass,
+    ));
     assert_eq!(restored["node_id"], created["node_id"]);
     let shown = json(&silt(&laptop, &["--json", "identity", "show"]));
     assert_eq!(shown["node_id"], created["node_id"]);
@@ -330,8 +481,17 @@ async fn a_protected_master_key_needs_its_passphrase() {
     let created = json(&silt(
         &home,
         &[
-            "--json", "--passphrase-file", pass_arg, "init", "--name", "alice", "--id-server", &server.addr(),
-            "--key-size", "2048", "--protect",
+            "--json",
+            "--passphrase-file",
+            pass_arg,
+            "init",
+            "--name",
+            "alice",
+            "--id-server",
+            &server.addr(),
+            "--key-size",
+            "2048",
+            "--protect",
         ],
     ));
     assert_eq!(created["protected"], true);
@@ -340,16 +500,30 @@ async fn a_protected_master_key_needs_its_passphrase() {
         .into_iter()
         .find(|p| p.to_string_lossy().ends_with(".private"))
         .unwrap();
-    assert!(fs::read_to_string(master).unwrap().contains("BEGIN ENCRYPTED PRIVATE KEY"));
+    assert!(
+        fs::read_to_string(master)
+            .unwrap()
+            .contains("BEGIN ENCRYPTED PRIVATE KEY")
+    );
 
     // Listing and showing need no passphrase; using the key does.
     ok(&silt(&home, &["key", "list"]));
-    assert_eq!(json(&silt(&home, &["--json", "identity", "show"]))["protected"], true);
+    assert_eq!(
+        json(&silt(&home, &["--json", "identity", "show"]))["protected"],
+        true
+    );
     let err = fails(&silt(&home, &["identity", "publish"]));
     assert!(err.contains("passphrase"), "{err}");
-    let err = fails(&silt_with(&home, &["identity", "publish"], &[("SILT_PASSPHRASE", "nope")]));
+    let err = fails(&silt_with(
+        &home,
+        &["identity", "publish"],
+        &[("SILT_PASSPHRASE", "nope")],
+    ));
     assert!(err.contains("wrong passphrase"), "{err}");
-    ok(&silt(&home, &["--passphrase-file", pass_arg, "identity", "publish"]));
+    ok(&silt(
+        &home,
+        &["--passphrase-file", pass_arg, "identity", "publish"],
+    ));
 }
 
 #[test]
@@ -357,10 +531,30 @@ fn bad_init_input_gets_clear_errors_and_no_files() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     for (args, why) in [
-        (vec!["init", "--name", "Al", "--id-server", "127.0.0.1"], "invalid user name"),
-        (vec!["init", "--name", "alice", "--id-server", "bad host"], "invalid identity host"),
-        (vec!["init", "--name", "alice", "--id-server", "127.0.0.1:0"], "port"),
-        (vec!["init", "--name", "alice", "--id-server", "127.0.0.1", "--key-size", "1000"], "2048, 3072 or 4096"),
+        (
+            vec!["init", "--name", "Al", "--id-server", "127.0.0.1"],
+            "invalid user name",
+        ),
+        (
+            vec!["init", "--name", "alice", "--id-server", "bad host"],
+            "invalid identity host",
+        ),
+        (
+            vec!["init", "--name", "alice", "--id-server", "127.0.0.1:0"],
+            "port",
+        ),
+        (
+            vec![
+                "init",
+                "--name",
+                "alice",
+                "--id-server",
+                "127.0.0.1",
+                "--key-size",
+                "1000",
+            ],
+            "2048, 3072 or 4096",
+        ),
     ] {
         let err = fails(&silt(&home, &args));
         assert!(err.contains(why), "{args:?}: {err}");
