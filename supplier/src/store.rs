@@ -1,26 +1,61 @@
 //! The supplier's storage engine: RocksDB, and the only module that knows it.
 //!
-//! Column families are declared once, in [`Cf`]. Every multi-key change is one
-//! `WriteBatch`, and writes that acknowledge something to a peer are synced
-//! (WAL fsync) before they return; `docs/design/storage.md` spells out the
-//! crash semantics. All calls block: async callers go through
-//! [`Store::run`], which moves them onto the blocking pool.
+//! Column families are declared once, in [`Cf`]; key encodings are the
+//! functions in [`keys`], with round-trip tests. Fragment payloads live in a
+//! BlobDB column family, uncompressed (they are ciphertext); everything else
+//! is small and lz4-compressed.
+//!
+//! Every change is one `WriteBatch` written with WAL fsync, under one writer
+//! lock, so a check (quota, staged hashes) and the write it guards are
+//! atomic, and a crash leaves either the whole change or none of it.
+//! `docs/design/storage.md` spells out the crash semantics. All calls block:
+//! async callers go through [`Store::run`], which moves them onto the
+//! blocking pool.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, DBCompressionType, Options, WriteBatch, WriteOptions};
+use common::id::NodeId;
+use prost::Message;
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
+};
 
-/// A storage failure.
+/// A storage failure or a refused change.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// RocksDB reported an error.
     #[error("database: {0}")]
     Db(String),
+    /// A stored value does not decode.
+    #[error("stored value is damaged: {0}")]
+    Damaged(String),
     /// A blocking task died.
     #[error("storage task failed: {0}")]
     Task(String),
+    /// The customer's quota would be exceeded.
+    #[error("quota exceeded: {used} of {quota} bytes used, {needed} more needed")]
+    QuotaExceeded {
+        /// Bytes in use.
+        used: u64,
+        /// The contract's quota.
+        quota: u64,
+        /// Bytes the change needs.
+        needed: u64,
+    },
+    /// The supplier's capacity would be exceeded.
+    #[error("supplier is full: {needed} more bytes needed, {free} free")]
+    Full {
+        /// Bytes the change needs.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// No contract for this customer.
+    #[error("no contract for this customer")]
+    NoContract,
 }
 
 impl From<rocksdb::Error> for StoreError {
@@ -29,40 +64,258 @@ impl From<rocksdb::Error> for StoreError {
     }
 }
 
+impl From<prost::DecodeError> for StoreError {
+    fn from(e: prost::DecodeError) -> Self {
+        Self::Damaged(e.to_string())
+    }
+}
+
 /// The column families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
-    /// Identity documents hosted by this node: `user@idhost` to envelope bytes.
+    /// Owner node ID → [`Contract`].
+    Contracts,
+    /// `user@idhost` → owner node ID.
+    Customers,
+    /// Location → [`FragmentMeta`] of each fragment, staged or committed.
+    FragmentMeta,
+    /// Fragment key → payload (BlobDB).
+    Fragments,
+    /// Identity documents hosted here: `user@idhost` → envelope bytes.
     Identities,
+    /// Location → registered share key ([`KeyRecord`]).
+    Keys,
+    /// Recipient node ID, time, id → mailbox message.
+    Mailbox,
+    /// Manifest key → signed manifest (protobuf).
+    Manifests,
     /// Node metadata (schema version).
     Meta,
+    /// DHT records.
+    Records,
 }
 
 impl Cf {
-    const ALL: [Cf; 2] = [Cf::Identities, Cf::Meta];
+    const ALL: [Cf; 10] = [
+        Cf::Contracts,
+        Cf::Customers,
+        Cf::FragmentMeta,
+        Cf::Fragments,
+        Cf::Identities,
+        Cf::Keys,
+        Cf::Mailbox,
+        Cf::Manifests,
+        Cf::Meta,
+        Cf::Records,
+    ];
 
     fn name(self) -> &'static str {
         match self {
+            Self::Contracts => "contracts",
+            Self::Customers => "customers",
+            Self::FragmentMeta => "fragment_meta",
+            Self::Fragments => "fragments",
             Self::Identities => "identities",
+            Self::Keys => "keys",
+            Self::Mailbox => "mailbox",
+            Self::Manifests => "manifests",
             Self::Meta => "meta",
+            Self::Records => "records",
         }
     }
 
     fn options(self) -> Options {
         let mut opts = Options::default();
-        opts.set_compression_type(DBCompressionType::Lz4);
+        if self == Cf::Fragments {
+            // Fragments are ciphertext: compression would only cost CPU.
+            opts.set_compression_type(DBCompressionType::None);
+            opts.set_enable_blob_files(true);
+            opts.set_min_blob_size(4096);
+            opts.set_blob_compression_type(DBCompressionType::None);
+            opts.set_enable_blob_gc(true);
+        } else {
+            opts.set_compression_type(DBCompressionType::Lz4);
+        }
         opts
+    }
+}
+
+/// A customer's contract.
+#[derive(Clone, PartialEq, Message)]
+pub struct Contract {
+    /// `user@idhost`.
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    /// The customer's master key, SPKI DER.
+    #[prost(bytes = "vec", tag = "2")]
+    pub master_key: Vec<u8>,
+    /// Bytes the customer may store.
+    #[prost(uint64, tag = "3")]
+    pub quota_bytes: u64,
+    /// Bytes stored, staged and committed.
+    #[prost(uint64, tag = "4")]
+    pub used_bytes: u64,
+    /// Seconds since the Unix epoch.
+    #[prost(int64, tag = "5")]
+    pub created_unix: i64,
+}
+
+/// A registered share key.
+#[derive(Clone, PartialEq, Message)]
+pub struct KeyRecord {
+    /// SPKI DER.
+    #[prost(bytes = "vec", tag = "1")]
+    pub public_key: Vec<u8>,
+    /// Key epoch.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// Seconds since the Unix epoch.
+    #[prost(int64, tag = "3")]
+    pub registered_unix: i64,
+}
+
+/// What the store knows of a fragment besides its payload.
+#[derive(Clone, PartialEq, Message)]
+pub struct FragmentMeta {
+    /// Whether a committed manifest claims it.
+    #[prost(bool, tag = "1")]
+    pub committed: bool,
+    /// When it was staged, seconds since the Unix epoch.
+    #[prost(int64, tag = "2")]
+    pub staged_unix: i64,
+    /// Payload size.
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// SHA-256 of the payload.
+    #[prost(bytes = "vec", tag = "4")]
+    pub sha256: Vec<u8>,
+}
+
+/// Key encodings. Every key that belongs to a customer starts with the
+/// owner's node ID, so a customer's data is one key range per column family.
+pub mod keys {
+    use common::id::NodeId;
+
+    /// A location: owner node ID, alias length, alias.
+    pub fn location(owner: &NodeId, alias: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(33 + alias.len());
+        key.extend_from_slice(owner.as_bytes());
+        // Aliases are at most 50 bytes (common::id::Alias), so this fits.
+        key.push(u8::try_from(alias.len()).unwrap_or(u8::MAX));
+        key.extend_from_slice(alias.as_bytes());
+        key
+    }
+
+    /// An object in a location.
+    pub fn object(location: &[u8], object_id: &[u8; 32]) -> Vec<u8> {
+        [location, object_id].concat()
+    }
+
+    /// A version of an object: where its manifest lives.
+    pub fn manifest(location: &[u8], object_id: &[u8; 32], version: u64) -> Vec<u8> {
+        [location, object_id, &version.to_be_bytes()].concat()
+    }
+
+    /// One fragment: a position of a block of a version.
+    pub fn fragment(location: &[u8], object_id: &[u8; 32], version: u64, block: u64, position: u32) -> Vec<u8> {
+        [
+            location,
+            object_id,
+            &version.to_be_bytes(),
+            &block.to_be_bytes(),
+            &position.to_be_bytes(),
+        ]
+        .concat()
+    }
+
+    /// Splits a manifest key into its location, object ID and version.
+    pub fn split_manifest(key: &[u8]) -> Option<(&[u8], [u8; 32], u64)> {
+        let location_len = 33 + usize::from(*key.get(32)?);
+        let location = key.get(..location_len)?;
+        let object = key.get(location_len..location_len + 32)?.try_into().ok()?;
+        let version = u64::from_be_bytes(key.get(location_len + 32..)?.try_into().ok()?);
+        Some((location, object, version))
+    }
+
+    /// A mailbox message: recipient, arrival time in nanoseconds, a random id.
+    pub fn mailbox(recipient: &NodeId, nanos: u64, id: u64) -> Vec<u8> {
+        [recipient.as_bytes().as_slice(), &nanos.to_be_bytes(), &id.to_be_bytes()].concat()
+    }
+
+    /// The first key after every key starting with `prefix`, if there is one.
+    pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+        let mut end = prefix.to_vec();
+        while let Some(last) = end.pop() {
+            if last < u8::MAX {
+                end.push(last + 1);
+                return Some(end);
+            }
+        }
+        None
     }
 }
 
 const SCHEMA_KEY: &[u8] = b"schema";
 const SCHEMA_VERSION: &[u8] = b"1";
 
+/// A commit the store should make atomically.
+#[derive(Debug)]
+pub struct Commit {
+    /// The owner.
+    pub owner: NodeId,
+    /// Location key ([`keys::location`]).
+    pub location: Vec<u8>,
+    /// The object.
+    pub object_id: [u8; 32],
+    /// The version.
+    pub version: u64,
+    /// The signed manifest, encoded.
+    pub manifest: Vec<u8>,
+    /// Expected SHA-256 of this position's fragment of each block.
+    pub fragments: Vec<(u64, u32, [u8; 32])>,
+    /// How many versions to keep.
+    pub keep_versions: usize,
+}
+
+/// Why a commit was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitRefusal {
+    /// A fragment the manifest claims was not staged.
+    #[error("fragment of block {block} at position {position} was not uploaded")]
+    Missing {
+        /// Block index.
+        block: u64,
+        /// Supplier position.
+        position: u32,
+    },
+    /// A staged fragment's hash differs from the manifest's.
+    #[error("fragment of block {block} at position {position} does not match the manifest's hash")]
+    HashMismatch {
+        /// Block index.
+        block: u64,
+        /// Supplier position.
+        position: u32,
+    },
+    /// This version is already committed with another manifest.
+    #[error("version {0} is already committed")]
+    VersionExists(u64),
+}
+
+/// What a commit or delete changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Versions whose manifests were removed.
+    pub versions: Vec<u64>,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
 /// The database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
-    /// Serialises read-check-write sequences.
+    /// Serialises every change, so checks and writes are atomic together.
     write_lock: Arc<Mutex<()>>,
 }
 
@@ -116,6 +369,12 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf)?, key)?)
     }
 
+    fn get_message<M: Message + Default>(&self, cf: Cf, key: &[u8]) -> Result<Option<M>, StoreError> {
+        self.get(cf, key)?
+            .map(|bytes| M::decode(bytes.as_slice()).map_err(StoreError::from))
+            .transpose()
+    }
+
     /// Writes a batch durably: the WAL is synced before this returns.
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
@@ -123,23 +382,44 @@ impl Store {
         Ok(self.db.write_opt(batch, &opts)?)
     }
 
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Key-value pairs whose keys start with `prefix`, from `start` (inclusive)
+    /// if given, in key order.
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        start: Option<&[u8]>,
+    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + '_, StoreError> {
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let from = start.unwrap_or(prefix);
+        let iter = self
+            .db
+            .iterator_cf_opt(self.cf(cf)?, opts, IteratorMode::From(from, Direction::Forward));
+        Ok(iter.map(|item| item.map_err(StoreError::from)))
+    }
+
+    // Identities.
+
     /// The identity document stored for `user_id`.
     pub fn identity(&self, user_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(Cf::Identities, user_id.as_bytes())
     }
 
     /// Stores an identity document if `decide`, given the current one,
-    /// allows it. The check and the write are atomic with respect to other
-    /// writers.
+    /// returns new bytes. The check and the write are atomic.
     pub fn update_identity<E>(
         &self,
         user_id: &str,
         decide: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
     ) -> Result<Result<(), E>, StoreError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let _guard = self.lock();
         let current = self.get(Cf::Identities, user_id.as_bytes())?;
         match decide(current.as_deref()) {
             Ok(Some(bytes)) => {
@@ -152,11 +432,478 @@ impl Store {
             Err(e) => Ok(Err(e)),
         }
     }
+
+    // Contracts.
+
+    /// The contract of the customer with master key `owner`.
+    pub fn contract(&self, owner: &NodeId) -> Result<Option<Contract>, StoreError> {
+        self.get_message(Cf::Contracts, owner.as_bytes())
+    }
+
+    /// The node ID a user ID is contracted under.
+    pub fn customer(&self, user_id: &str) -> Result<Option<NodeId>, StoreError> {
+        self.get(Cf::Customers, user_id.as_bytes())?
+            .map(|bytes| NodeId::from_slice(&bytes).map_err(|e| StoreError::Damaged(e.to_string())))
+            .transpose()
+    }
+
+    /// Every contract.
+    pub fn contracts(&self) -> Result<Vec<(NodeId, Contract)>, StoreError> {
+        let mut all = Vec::new();
+        for item in self.scan(Cf::Contracts, &[], None)? {
+            let (key, value) = item?;
+            let node = NodeId::from_slice(&key).map_err(|e| StoreError::Damaged(e.to_string()))?;
+            all.push((node, Contract::decode(&*value)?));
+        }
+        Ok(all)
+    }
+
+    /// Opens or resizes a contract. `capacity` bounds the sum of all quotas.
+    /// Returns the stored contract.
+    pub fn hire(
+        &self,
+        owner: &NodeId,
+        user_id: &str,
+        master_key: &[u8],
+        quota: u64,
+        capacity: u64,
+    ) -> Result<Contract, StoreError> {
+        let _guard = self.lock();
+        let existing = self.contract(owner)?;
+        let promised_elsewhere: u64 = self
+            .contracts()?
+            .iter()
+            .filter(|(node, _)| node != owner)
+            .map(|(_, c)| c.quota_bytes)
+            .sum();
+        let free = capacity.saturating_sub(promised_elsewhere);
+        if quota > free {
+            return Err(StoreError::Full { needed: quota, free });
+        }
+        let used = existing.as_ref().map_or(0, |c| c.used_bytes);
+        if quota < used {
+            return Err(StoreError::QuotaExceeded {
+                used,
+                quota,
+                needed: 0,
+            });
+        }
+        let contract = Contract {
+            user_id: user_id.to_owned(),
+            master_key: master_key.to_vec(),
+            quota_bytes: quota,
+            used_bytes: used,
+            created_unix: existing.map_or_else(common::unix_now, |c| c.created_unix),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Contracts)?, owner.as_bytes(), contract.encode_to_vec());
+        batch.put_cf(self.cf(Cf::Customers)?, user_id.as_bytes(), owner.as_bytes());
+        self.write(batch)?;
+        Ok(contract)
+    }
+
+    /// Ends a contract and deletes everything the customer stored.
+    pub fn release(&self, owner: &NodeId) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let contract = self.contract(owner)?.ok_or(StoreError::NoContract)?;
+        let start = owner.as_bytes().to_vec();
+        let end = keys::prefix_end(&start);
+        let mut batch = WriteBatch::default();
+        for cf in [Cf::Keys, Cf::FragmentMeta, Cf::Fragments, Cf::Manifests, Cf::Mailbox] {
+            match &end {
+                Some(end) => batch.delete_range_cf(self.cf(cf)?, start.as_slice(), end.as_slice()),
+                None => {
+                    for item in self.scan(cf, &start, None)? {
+                        batch.delete_cf(self.cf(cf)?, item?.0);
+                    }
+                }
+            }
+        }
+        batch.delete_cf(self.cf(Cf::Contracts)?, owner.as_bytes());
+        batch.delete_cf(self.cf(Cf::Customers)?, contract.user_id.as_bytes());
+        self.write(batch)
+    }
+
+    // Share keys.
+
+    /// The share key registered for a location.
+    pub fn key(&self, location: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
+        self.get_message(Cf::Keys, location)
+    }
+
+    /// Registers a share key if `decide`, given the current record, allows it.
+    pub fn update_key<E>(
+        &self,
+        location: &[u8],
+        decide: impl FnOnce(Option<&KeyRecord>) -> Result<Option<KeyRecord>, E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let _guard = self.lock();
+        let current = self.key(location)?;
+        match decide(current.as_ref()) {
+            Ok(Some(record)) => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(self.cf(Cf::Keys)?, location, record.encode_to_vec());
+                self.write(batch)?;
+                Ok(Ok(()))
+            }
+            Ok(None) => Ok(Ok(())),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Removes a share key. Returns whether there was one.
+    pub fn remove_key(&self, location: &[u8]) -> Result<bool, StoreError> {
+        let _guard = self.lock();
+        if self.key(location)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(Cf::Keys)?, location);
+        self.write(batch)?;
+        Ok(true)
+    }
+
+    // Fragments.
+
+    /// Stages a fragment, charging `owner`'s quota and the supplier's
+    /// capacity before anything is written. Replacing a staged fragment
+    /// charges only the difference; a committed fragment is never replaced.
+    pub fn stage(
+        &self,
+        owner: &NodeId,
+        key: &[u8],
+        payload: &[u8],
+        sha256: [u8; 32],
+        capacity: u64,
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut contract = self.contract(owner)?.ok_or(StoreError::NoContract)?;
+        let previous: Option<FragmentMeta> = self.get_message(Cf::FragmentMeta, key)?;
+        if let Some(previous) = &previous
+            && previous.committed
+        {
+            return if previous.sha256 == sha256 {
+                Ok(())
+            } else {
+                Err(StoreError::Damaged("a committed fragment cannot be replaced".into()))
+            };
+        }
+        let size = payload.len() as u64;
+        let freed = previous.map_or(0, |p| p.size);
+        let needed = size.saturating_sub(freed);
+        if contract.used_bytes + needed > contract.quota_bytes {
+            return Err(StoreError::QuotaExceeded {
+                used: contract.used_bytes,
+                quota: contract.quota_bytes,
+                needed,
+            });
+        }
+        let used_total: u64 = self.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
+        if used_total + needed > capacity {
+            return Err(StoreError::Full {
+                needed,
+                free: capacity.saturating_sub(used_total),
+            });
+        }
+        contract.used_bytes = contract.used_bytes + size - freed;
+        let meta = FragmentMeta {
+            committed: false,
+            staged_unix: common::unix_now(),
+            size,
+            sha256: sha256.to_vec(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
+        batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
+        batch.put_cf(self.cf(Cf::Contracts)?, owner.as_bytes(), contract.encode_to_vec());
+        self.write(batch)
+    }
+
+    /// A fragment's metadata.
+    pub fn fragment_meta(&self, key: &[u8]) -> Result<Option<FragmentMeta>, StoreError> {
+        self.get_message(Cf::FragmentMeta, key)
+    }
+
+    /// A committed fragment's payload, checked against its recorded hash.
+    pub fn fragment(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(meta) = self.fragment_meta(key)? else {
+            return Ok(None);
+        };
+        if !meta.committed {
+            return Ok(None);
+        }
+        let payload = self
+            .get(Cf::Fragments, key)?
+            .ok_or_else(|| StoreError::Damaged("fragment payload is missing".into()))?;
+        if common::crypto::sha256(&payload).as_slice() != meta.sha256.as_slice() {
+            return Err(StoreError::Damaged("fragment payload does not match its hash".into()));
+        }
+        Ok(Some(payload))
+    }
+
+    /// Makes a version visible: checks every staged fragment against the
+    /// manifest, marks them committed, stores the manifest, and drops the
+    /// oldest versions beyond `keep_versions`, in one batch.
+    pub fn commit(&self, commit: &Commit) -> Result<Result<Removed, CommitRefusal>, StoreError> {
+        let _guard = self.lock();
+        let manifest_key = keys::manifest(&commit.location, &commit.object_id, commit.version);
+        if let Some(existing) = self.get(Cf::Manifests, &manifest_key)? {
+            return Ok(if existing == commit.manifest {
+                Ok(Removed::default())
+            } else {
+                Err(CommitRefusal::VersionExists(commit.version))
+            });
+        }
+        let mut batch = WriteBatch::default();
+        for &(block, position, sha256) in &commit.fragments {
+            let key = keys::fragment(&commit.location, &commit.object_id, commit.version, block, position);
+            let Some(mut meta) = self.fragment_meta(&key)? else {
+                return Ok(Err(CommitRefusal::Missing { block, position }));
+            };
+            if meta.sha256 != sha256 {
+                return Ok(Err(CommitRefusal::HashMismatch { block, position }));
+            }
+            meta.committed = true;
+            batch.put_cf(self.cf(Cf::FragmentMeta)?, &key, meta.encode_to_vec());
+        }
+        batch.put_cf(self.cf(Cf::Manifests)?, &manifest_key, &commit.manifest);
+
+        // Retention: keep the newest `keep_versions`, counting this one.
+        let mut versions = self.versions(&commit.location, &commit.object_id)?;
+        versions.push(commit.version);
+        versions.sort_unstable();
+        let excess = versions.len().saturating_sub(commit.keep_versions.max(1));
+        let mut removed = Removed::default();
+        for &old in versions.iter().take(excess) {
+            if old == commit.version {
+                continue;
+            }
+            removed.bytes += self.delete_version(&mut batch, &commit.location, &commit.object_id, old)?;
+            removed.versions.push(old);
+        }
+        self.charge_release(&mut batch, &commit.owner, removed.bytes)?;
+        self.write(batch)?;
+        Ok(Ok(removed))
+    }
+
+    /// The committed versions of an object, ascending.
+    fn versions(&self, location: &[u8], object_id: &[u8; 32]) -> Result<Vec<u64>, StoreError> {
+        let prefix = keys::object(location, object_id);
+        let mut versions = Vec::new();
+        for item in self.scan(Cf::Manifests, &prefix, None)? {
+            let (key, _) = item?;
+            if let Some((_, _, version)) = keys::split_manifest(&key) {
+                versions.push(version);
+            }
+        }
+        Ok(versions)
+    }
+
+    /// Adds the deletion of one version (manifest, fragments) to `batch` and
+    /// returns the bytes it frees.
+    fn delete_version(
+        &self,
+        batch: &mut WriteBatch,
+        location: &[u8],
+        object_id: &[u8; 32],
+        version: u64,
+    ) -> Result<u64, StoreError> {
+        batch.delete_cf(self.cf(Cf::Manifests)?, keys::manifest(location, object_id, version));
+        let prefix = keys::manifest(location, object_id, version);
+        let mut freed = 0;
+        for item in self.scan(Cf::FragmentMeta, &prefix, None)? {
+            let (key, value) = item?;
+            freed += FragmentMeta::decode(&*value)?.size;
+            batch.delete_cf(self.cf(Cf::FragmentMeta)?, &key);
+            batch.delete_cf(self.cf(Cf::Fragments)?, &key);
+        }
+        Ok(freed)
+    }
+
+    fn charge_release(&self, batch: &mut WriteBatch, owner: &NodeId, freed: u64) -> Result<(), StoreError> {
+        if freed == 0 {
+            return Ok(());
+        }
+        if let Some(mut contract) = self.contract(owner)? {
+            contract.used_bytes = contract.used_bytes.saturating_sub(freed);
+            batch.put_cf(self.cf(Cf::Contracts)?, owner.as_bytes(), contract.encode_to_vec());
+        }
+        Ok(())
+    }
+
+    /// Deletes one version of an object, or all of them (`version` None).
+    pub fn delete(
+        &self,
+        owner: &NodeId,
+        location: &[u8],
+        object_id: &[u8; 32],
+        version: Option<u64>,
+    ) -> Result<Removed, StoreError> {
+        let _guard = self.lock();
+        let versions = match version {
+            Some(v) => vec![v],
+            None => self.versions(location, object_id)?,
+        };
+        let mut batch = WriteBatch::default();
+        let mut removed = Removed::default();
+        for version in versions {
+            let existed = self
+                .get(Cf::Manifests, &keys::manifest(location, object_id, version))?
+                .is_some();
+            let freed = self.delete_version(&mut batch, location, object_id, version)?;
+            if existed || freed > 0 {
+                removed.versions.push(version);
+                removed.bytes += freed;
+            }
+        }
+        self.charge_release(&mut batch, owner, removed.bytes)?;
+        self.write(batch)?;
+        Ok(removed)
+    }
+
+    /// Committed manifests of a location (or of one object in it), in key
+    /// order, starting after the manifest key `after`, at most `limit`.
+    /// Returns the manifests and the last key returned.
+    pub fn manifests(
+        &self,
+        location: &[u8],
+        object_id: Option<&[u8; 32]>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), StoreError> {
+        let prefix = match object_id {
+            Some(object_id) => keys::object(location, object_id),
+            None => location.to_vec(),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for item in self.scan(Cf::Manifests, &prefix, after)? {
+            let (key, value) = item?;
+            if after == Some(&*key) {
+                continue;
+            }
+            // A location prefix also matches longer aliases that start the
+            // same way only if the length byte matched, so every key here is
+            // in this location.
+            out.push(value.into_vec());
+            last = Some(key.into_vec());
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// Deletes staged fragments older than `staged_before` (Unix seconds)
+    /// that no manifest claimed. Returns how many and the bytes freed.
+    pub fn collect_staged(&self, staged_before: i64) -> Result<(usize, u64), StoreError> {
+        let _guard = self.lock();
+        let mut batch = WriteBatch::default();
+        let mut freed_by: std::collections::BTreeMap<NodeId, u64> = Default::default();
+        let mut count = 0;
+        for item in self.scan(Cf::FragmentMeta, &[], None)? {
+            let (key, value) = item?;
+            let meta = FragmentMeta::decode(&*value)?;
+            if meta.committed || meta.staged_unix >= staged_before {
+                continue;
+            }
+            let owner = NodeId::from_slice(key.get(..32).unwrap_or_default())
+                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            *freed_by.entry(owner).or_default() += meta.size;
+            batch.delete_cf(self.cf(Cf::FragmentMeta)?, &key);
+            batch.delete_cf(self.cf(Cf::Fragments)?, &key);
+            count += 1;
+        }
+        let mut total = 0;
+        for (owner, freed) in freed_by {
+            self.charge_release(&mut batch, &owner, freed)?;
+            total += freed;
+        }
+        if count > 0 {
+            self.write(batch)?;
+        }
+        Ok((count, total))
+    }
+
+    /// Stored bytes (all contracts) and committed fragments, for metrics.
+    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
+        let bytes = self.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
+        let mut fragments = 0;
+        for item in self.scan(Cf::FragmentMeta, &[], None)? {
+            let (_, value) = item?;
+            if FragmentMeta::decode(&*value)?.committed {
+                fragments += 1;
+            }
+        }
+        Ok((bytes, fragments))
+    }
+
+    // Mailboxes.
+
+    /// Messages waiting for `recipient`, oldest first, at most `limit`.
+    pub fn mailbox(&self, recipient: &NodeId, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.scan(Cf::Mailbox, recipient.as_bytes(), None)? {
+            let (key, value) = item?;
+            out.push((key.into_vec(), value.into_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a message if `admit`, given the recipient's current messages,
+    /// allows it.
+    pub fn post<E>(
+        &self,
+        recipient: &NodeId,
+        key: &[u8],
+        message: &[u8],
+        admit: impl FnOnce(&[(Vec<u8>, Vec<u8>)]) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let _guard = self.lock();
+        let current = self.mailbox(recipient, usize::MAX)?;
+        if let Err(e) = admit(&current) {
+            return Ok(Err(e));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Mailbox)?, key, message);
+        self.write(batch)?;
+        Ok(Ok(()))
+    }
+
+    /// Removes messages of `recipient`. Keys outside its mailbox are ignored.
+    pub fn ack(&self, recipient: &NodeId, keys: &[Vec<u8>]) -> Result<usize, StoreError> {
+        let _guard = self.lock();
+        let mut batch = WriteBatch::default();
+        let mut count = 0;
+        for key in keys {
+            if key.starts_with(recipient.as_bytes()) && self.get(Cf::Mailbox, key)?.is_some() {
+                batch.delete_cf(self.cf(Cf::Mailbox)?, key);
+                count += 1;
+            }
+        }
+        self.write(batch)?;
+        Ok(count)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_array([n; 32])
+    }
+
+    fn hash(data: &[u8]) -> [u8; 32] {
+        common::crypto::sha256(data)
+    }
 
     #[test]
     fn identities_survive_reopen() {
@@ -176,10 +923,193 @@ mod tests {
             assert_eq!(refused, Err("taken"));
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.identity("alice@id-a").unwrap().as_deref(),
-            Some(&b"doc"[..])
-        );
+        assert_eq!(store.identity("alice@id-a").unwrap().as_deref(), Some(&b"doc"[..]));
         assert_eq!(store.identity("bob@id-a").unwrap(), None);
+    }
+
+    #[test]
+    fn stage_commit_read_delete_with_accounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = node(1);
+        store.hire(&owner, "alice@id-a", b"key", 1000, GIB).unwrap();
+        let location = keys::location(&owner, "master");
+        let object = [9; 32];
+        let a = keys::fragment(&location, &object, 1, 0, 0);
+        let b = keys::fragment(&location, &object, 1, 1, 0);
+        store.stage(&owner, &a, &[1; 300], hash(&[1; 300]), GIB).unwrap();
+        store.stage(&owner, &b, &[2; 300], hash(&[2; 300]), GIB).unwrap();
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 600);
+        // Staged fragments are not readable.
+        assert_eq!(store.fragment(&a).unwrap(), None);
+
+        // Quota: 600 used of 1000; 500 more is refused and nothing changes.
+        let c = keys::fragment(&location, &object, 1, 2, 0);
+        let err = store.stage(&owner, &c, &[3; 500], hash(&[3; 500]), GIB).unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { used: 600, .. }));
+        assert_eq!(store.fragment_meta(&c).unwrap(), None);
+
+        let mut commit = Commit {
+            owner,
+            location: location.clone(),
+            object_id: object,
+            version: 1,
+            manifest: b"manifest-1".to_vec(),
+            fragments: vec![(0, 0, hash(&[1; 300])), (1, 0, hash(&[9; 300]))],
+            keep_versions: 3,
+        };
+        assert_eq!(
+            store.commit(&commit).unwrap(),
+            Err(CommitRefusal::HashMismatch { block: 1, position: 0 })
+        );
+        commit.fragments.push((2, 0, [0; 32]));
+        commit.fragments[1].2 = hash(&[2; 300]);
+        assert_eq!(
+            store.commit(&commit).unwrap(),
+            Err(CommitRefusal::Missing { block: 2, position: 0 })
+        );
+        commit.fragments.pop();
+        assert_eq!(store.commit(&commit).unwrap(), Ok(Removed::default()));
+        // Idempotent for the same manifest, refused for another.
+        assert_eq!(store.commit(&commit).unwrap(), Ok(Removed::default()));
+        commit.manifest = b"other".to_vec();
+        assert_eq!(store.commit(&commit).unwrap(), Err(CommitRefusal::VersionExists(1)));
+
+        assert_eq!(store.fragment(&a).unwrap().unwrap(), vec![1; 300]);
+        let (manifests, last) = store.manifests(&location, None, None, 10).unwrap();
+        assert_eq!(manifests, vec![b"manifest-1".to_vec()]);
+        assert!(last.is_some());
+        assert!(store.manifests(&location, None, last.as_deref(), 10).unwrap().0.is_empty());
+
+        let removed = store.delete(&owner, &location, &object, None).unwrap();
+        assert_eq!(removed, Removed { versions: vec![1], bytes: 600 });
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 0);
+        assert_eq!(store.fragment(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn only_the_newest_versions_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = node(1);
+        store.hire(&owner, "alice@id-a", b"key", GIB, GIB).unwrap();
+        let location = keys::location(&owner, "master");
+        let object = [7; 32];
+        for version in 1..=5u64 {
+            let key = keys::fragment(&location, &object, version, 0, 0);
+            let data = vec![version as u8; 10];
+            store.stage(&owner, &key, &data, hash(&data), GIB).unwrap();
+            let removed = store
+                .commit(&Commit {
+                    owner,
+                    location: location.clone(),
+                    object_id: object,
+                    version,
+                    manifest: vec![version as u8],
+                    fragments: vec![(0, 0, hash(&data))],
+                    keep_versions: 3,
+                })
+                .unwrap()
+                .unwrap();
+            if version > 3 {
+                assert_eq!(removed.versions, vec![version - 3]);
+            }
+        }
+        let (manifests, _) = store.manifests(&location, Some(&object), None, 10).unwrap();
+        assert_eq!(manifests, vec![vec![3], vec![4], vec![5]]);
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 30);
+    }
+
+    #[test]
+    fn capacity_bounds_contracts_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.hire(&node(1), "alice@id-a", b"k", 600, 1000).unwrap();
+        assert!(matches!(
+            store.hire(&node(2), "bob@id-a", b"k", 500, 1000),
+            Err(StoreError::Full { free: 400, .. })
+        ));
+        store.hire(&node(2), "bob@id-a", b"k", 400, 1000).unwrap();
+        // A tiny disk: contracts promise more than the capacity now allows.
+        let key = keys::fragment(&keys::location(&node(1), "master"), &[1; 32], 1, 0, 0);
+        let err = store.stage(&node(1), &key, &[0; 300], hash(&[0; 300]), 200).unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }));
+        assert_eq!(store.fragment_meta(&key).unwrap(), None);
+    }
+
+    #[test]
+    fn staged_fragments_are_collected_and_release_deletes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = node(1);
+        store.hire(&owner, "alice@id-a", b"k", GIB, GIB).unwrap();
+        let location = keys::location(&owner, "master");
+        let key = keys::fragment(&location, &[1; 32], 1, 0, 0);
+        store.stage(&owner, &key, &[5; 50], hash(&[5; 50]), GIB).unwrap();
+        assert_eq!(store.collect_staged(common::unix_now() - 60).unwrap(), (0, 0));
+        assert_eq!(store.collect_staged(common::unix_now() + 1).unwrap(), (1, 50));
+        assert_eq!(store.fragment_meta(&key).unwrap(), None);
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 0);
+
+        store.stage(&owner, &key, &[5; 50], hash(&[5; 50]), GIB).unwrap();
+        store.release(&owner).unwrap();
+        assert_eq!(store.contract(&owner).unwrap(), None);
+        assert_eq!(store.customer("alice@id-a").unwrap(), None);
+        assert_eq!(store.fragment_meta(&key).unwrap(), None);
+    }
+
+    #[test]
+    fn committed_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = node(3);
+        let location = keys::location(&owner, "master");
+        let key = keys::fragment(&location, &[1; 32], 1, 0, 0);
+        let data = vec![42u8; 100_000];
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.hire(&owner, "carol@id-a", b"k", GIB, GIB).unwrap();
+            store.stage(&owner, &key, &data, hash(&data), GIB).unwrap();
+            store
+                .commit(&Commit {
+                    owner,
+                    location: location.clone(),
+                    object_id: [1; 32],
+                    version: 1,
+                    manifest: b"m".to_vec(),
+                    fragments: vec![(0, 0, hash(&data))],
+                    keep_versions: 3,
+                })
+                .unwrap()
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.fragment(&key).unwrap().unwrap(), data);
+        assert_eq!(store.usage().unwrap(), (100_000, 1));
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_keys_round_trip(owner in any::<[u8; 32]>(), alias in "[a-z][a-z0-9_-]{2,49}", object in any::<[u8; 32]>(), version in any::<u64>()) {
+            let location = keys::location(&NodeId::from_array(owner), &alias);
+            let key = keys::manifest(&location, &object, version);
+            let (l, o, v) = keys::split_manifest(&key).unwrap();
+            prop_assert_eq!(l, location.as_slice());
+            prop_assert_eq!(o, object);
+            prop_assert_eq!(v, version);
+            // Fragment keys of a version sort under its manifest key.
+            let fragment = keys::fragment(&location, &object, version, 3, 1);
+            prop_assert!(fragment.starts_with(&key));
+        }
+
+        #[test]
+        fn prefix_end_bounds_the_prefix(prefix in prop::collection::vec(any::<u8>(), 0..40), tail in prop::collection::vec(any::<u8>(), 0..8)) {
+            let key = [prefix.as_slice(), &tail].concat();
+            if let Some(end) = keys::prefix_end(&prefix) {
+                prop_assert!(key < end);
+                prop_assert!(prefix <= end);
+            } else {
+                prop_assert!(prefix.iter().all(|b| *b == u8::MAX));
+            }
+        }
     }
 }
