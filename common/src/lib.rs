@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod atomic_file;
+pub mod audit;
 pub mod crypto;
 pub mod envelope;
 pub mod id;

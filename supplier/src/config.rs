@@ -42,6 +42,16 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Largest fragment accepted.
+    pub max_fragment: ByteSize,
+    /// Versions of each object kept.
+    pub keep_versions: usize,
+    /// Staged fragments no manifest claims are deleted after this long.
+    #[serde(with = "humantime_serde")]
+    pub staged_ttl: Duration,
+    /// How often staged fragments are collected.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +68,10 @@ impl Default for Config {
             identity_host: None,
             metrics: None,
             shutdown_grace: Duration::from_secs(8),
+            max_fragment: ByteSize::mib(32),
+            keep_versions: 3,
+            staged_ttl: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(60),
         }
     }
 }
@@ -91,7 +105,8 @@ pub enum ConfigError {
 
 impl Config {
     /// A config for tests: data in `dir`, an ephemeral loopback port, the
-    /// identity server role on, and 1 GiB of capacity.
+    /// identity server role on, 1 GiB of capacity, and staged fragments
+    /// collected after a second.
     pub fn for_tests(dir: &Path) -> Self {
         Self {
             data: dir.to_owned(),
@@ -100,6 +115,8 @@ impl Config {
             identity_server: true,
             capacity: ByteSize::gib(1),
             shutdown_grace: Duration::from_secs(2),
+            staged_ttl: Duration::from_secs(1),
+            gc_interval: Duration::from_millis(200),
             ..Self::default()
         }
     }

@@ -1,8 +1,9 @@
 //! `silt-supplier`: the Silt storage node.
 //!
 //! [`Supplier::spawn`] opens the store, binds the mutual-TLS port and serves
-//! every role on it: health, and the identity server when enabled. Storage,
-//! DHT and mailbox services join it as they are built.
+//! every role on it: storage, mailboxes, health, and the identity server when
+//! enabled. Metrics go to their own address; a background worker collects
+//! staged fragments that no manifest claimed.
 //!
 //! Shutdown runs in a fixed order (see [`Supplier::shutdown`]).
 
@@ -10,6 +11,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod grant;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -21,13 +24,18 @@ use common::crypto::PrivateKey;
 use common::id::{IdHost, NodeId};
 use common::tls::TlsIdentity;
 use proto::identity::v1::identity_server::IdentityServer;
+use proto::mailbox::v1::mailbox_server::MailboxServer;
+use proto::storage::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::service::identity::IdentityService;
+use crate::service::mailbox::{MailboxLimits, MailboxService};
+use crate::service::storage::{StorageLimits, StorageService};
 use crate::store::{Store, StoreError};
 
 /// File name of the node's master key in the data directory.
@@ -122,8 +130,10 @@ fn load_node_key(data: &Path) -> Result<PrivateKey, Error> {
 pub struct Supplier {
     node_id: NodeId,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    workers: Vec<JoinHandle<()>>,
     grace: std::time::Duration,
 }
 
@@ -148,42 +158,92 @@ impl Supplier {
             source,
         })?;
 
+        let cancel = CancellationToken::new();
+        let metrics = Metrics::default();
+        if let Ok((bytes, fragments)) = store.run(|store| store.usage()).await {
+            metrics.set_usage(bytes, fragments);
+        }
+        let mut workers = Vec::new();
+        let metrics_addr = match config.metrics {
+            Some(addr) => {
+                let listener = metrics::bind(addr).await.map_err(|source| Error::Io {
+                    context: format!("cannot listen for metrics on {addr}"),
+                    source,
+                })?;
+                let bound = listener.local_addr().map_err(|source| Error::Io {
+                    context: "no metrics address".into(),
+                    source,
+                })?;
+                workers.push(metrics.clone().serve(listener, cancel.child_token()));
+                info!(addr = %bound, "metrics listening");
+                Some(bound)
+            }
+            None => None,
+        };
+
         let (health, health_service) = tonic_health::server::health_reporter();
+        let storage = StorageService::new(
+            store.clone(),
+            node_id,
+            StorageLimits {
+                capacity: config.capacity.as_u64(),
+                max_fragment_bytes: config.max_fragment.as_u64(),
+                keep_versions: config.keep_versions,
+                ..StorageLimits::default()
+            },
+            metrics.clone(),
+            cancel.child_token(),
+        );
+        health.set_serving::<StorageServer<StorageService>>().await;
+        let mailbox = MailboxService::new(store.clone(), MailboxLimits::default(), metrics.clone());
+        health.set_serving::<MailboxServer<MailboxService>>().await;
         let identity = if config.identity_server {
             let host = identity_host(&config, local_addr)?;
             info!(%host, "serving the identity server role");
-            health
-                .set_serving::<IdentityServer<IdentityService>>()
-                .await;
-            Some(IdentityServer::new(IdentityService::new(
-                store.clone(),
-                host,
-            )))
+            health.set_serving::<IdentityServer<IdentityService>>().await;
+            Some(IdentityServer::new(IdentityService::new(store.clone(), host)))
         } else {
             None
         };
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_service(
+                StorageServer::new(storage)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(MailboxServer::new(mailbox))
             .add_optional_service(identity);
 
-        let cancel = CancellationToken::new();
+        workers.push(spawn_collector(
+            store.clone(),
+            metrics,
+            config.staged_ttl,
+            config.gc_interval,
+            cancel.child_token(),
+        ));
         let incoming = net::server::incoming(
             listener,
             Arc::new(tls.server_config()?),
             net::server::Limits::default(),
             cancel.child_token(),
         );
-        let server = tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),
-        );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()));
         info!(addr = %local_addr, node = %node_id, "supplier listening");
         Ok(Self {
             node_id,
             local_addr,
+            metrics_addr,
             cancel,
             server: Some(server),
+            workers,
             grace: config.shutdown_grace,
         })
+    }
+
+    /// The bound address of the metrics endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The node ID (SHA-256 of the node's master key).
@@ -213,7 +273,12 @@ impl Supplier {
                 }
             }
         }
-        // 3. Background workers stop with the same token.
+        // 3. Stop background workers (they watch the same token).
+        for worker in self.workers.drain(..) {
+            if tokio::time::timeout(self.grace, worker).await.is_err() {
+                warn!("a background worker did not stop in time");
+            }
+        }
         // 4. The store closes when the last handle drops: services held the
         //    other handles and are gone with the server task. Writes were
         //    synced as they were acknowledged.
@@ -227,7 +292,45 @@ impl Drop for Supplier {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+        for worker in self.workers.drain(..) {
+            worker.abort();
+        }
     }
+}
+
+/// Largest gRPC message on the storage service (manifests of very large files).
+const MAX_MESSAGE: usize = 20 << 20;
+
+/// Deletes staged fragments older than `ttl` every `interval`, and keeps the
+/// usage gauges fresh.
+fn spawn_collector(
+    store: Store,
+    metrics: Metrics,
+    ttl: std::time::Duration,
+    interval: std::time::Duration,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let cutoff = common::unix_now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+            match store.run(move |store| store.collect_staged(cutoff)).await {
+                Ok((0, _)) => {}
+                Ok((count, bytes)) => {
+                    info!(count, bytes, "collected staged fragments no manifest claimed");
+                    if let Ok((bytes, fragments)) = store.run(|store| store.usage()).await {
+                        metrics.set_usage(bytes, fragments);
+                    }
+                }
+                Err(e) => warn!(error = %e, "collecting staged fragments failed"),
+            }
+        }
+    })
 }
 
 fn identity_host(config: &Config, local_addr: SocketAddr) -> Result<IdHost, Error> {

@@ -3,3 +3,5 @@
 //! status in one place.
 
 pub mod identity;
+pub mod mailbox;
+pub mod storage;
