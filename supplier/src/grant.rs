@@ -87,7 +87,9 @@ impl Grants {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Issues a nonce for `requester` on `connection` to prove it holds
@@ -103,7 +105,11 @@ impl Grants {
     ) -> Result<[u8; NONCE_LEN], GrantError> {
         let mut state = self.state();
         state.nonces.retain(|_, pending| pending.expires > now);
-        let on_connection = state.nonces.values().filter(|p| p.connection == connection).count();
+        let on_connection = state
+            .nonces
+            .values()
+            .filter(|p| p.connection == connection)
+            .count();
         if on_connection >= MAX_NONCES_PER_CONNECTION || state.nonces.len() >= MAX_NONCES {
             return Err(GrantError::TooMany);
         }
@@ -133,7 +139,11 @@ impl Grants {
         now: Instant,
     ) -> Result<Pending, GrantError> {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| GrantError::BadNonce)?;
-        let pending = self.state().nonces.remove(&nonce).ok_or(GrantError::BadNonce)?;
+        let pending = self
+            .state()
+            .nonces
+            .remove(&nonce)
+            .ok_or(GrantError::BadNonce)?;
         if pending.connection != connection
             || pending.requester != requester
             || pending.location != location
@@ -162,7 +172,13 @@ impl Grants {
     }
 
     /// Whether `connection` holds a live grant for `location` at `epoch`.
-    pub fn is_granted(&self, connection: ConnectionId, location: &[u8], epoch: u64, now: Instant) -> bool {
+    pub fn is_granted(
+        &self,
+        connection: ConnectionId,
+        location: &[u8],
+        epoch: u64,
+        now: Instant,
+    ) -> bool {
         let mut state = self.state();
         let key = (connection, location.to_vec());
         match state.grants.get(&key) {
@@ -203,21 +219,42 @@ mod tests {
     fn a_nonce_is_single_use_and_bound_to_its_context() {
         let (grants, bob, key, now) = setup();
         let mallory = NodeId::from_array([2; 32]);
-        let nonce = grants.challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now).unwrap();
+        let nonce = grants
+            .challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now)
+            .unwrap();
         let pending = grants.take(&nonce, C1, bob, b"loc", now).unwrap();
         assert_eq!(pending.key_id, key);
         // Replayed.
-        assert_eq!(grants.take(&nonce, C1, bob, b"loc", now).unwrap_err(), GrantError::BadNonce);
+        assert_eq!(
+            grants.take(&nonce, C1, bob, b"loc", now).unwrap_err(),
+            GrantError::BadNonce
+        );
 
         // Each mismatch consumes the nonce too.
-        for (connection, requester, location) in [(C2, bob, &b"loc"[..]), (C1, mallory, b"loc"), (C1, bob, b"other")] {
-            let nonce = grants.challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now).unwrap();
-            assert!(grants.take(&nonce, connection, requester, location, now).is_err());
+        for (connection, requester, location) in [
+            (C2, bob, &b"loc"[..]),
+            (C1, mallory, b"loc"),
+            (C1, bob, b"other"),
+        ] {
+            let nonce = grants
+                .challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now)
+                .unwrap();
+            assert!(
+                grants
+                    .take(&nonce, connection, requester, location, now)
+                    .is_err()
+            );
             assert!(grants.take(&nonce, C1, bob, b"loc", now).is_err());
         }
         // Expired.
-        let nonce = grants.challenge(C1, bob, b"loc".to_vec(), key, 0, now).unwrap();
-        assert!(grants.take(&nonce, C1, bob, b"loc", now + Duration::from_secs(61)).is_err());
+        let nonce = grants
+            .challenge(C1, bob, b"loc".to_vec(), key, 0, now)
+            .unwrap();
+        assert!(
+            grants
+                .take(&nonce, C1, bob, b"loc", now + Duration::from_secs(61))
+                .is_err()
+        );
         assert!(grants.take(&[0; 5], C1, bob, b"loc", now).is_err());
     }
 
@@ -240,16 +277,29 @@ mod tests {
     fn outstanding_nonces_are_bounded_per_connection() {
         let (grants, bob, key, now) = setup();
         for _ in 0..MAX_NONCES_PER_CONNECTION {
-            grants.challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now).unwrap();
+            grants
+                .challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now)
+                .unwrap();
         }
         assert_eq!(
-            grants.challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now).unwrap_err(),
+            grants
+                .challenge(C1, bob, b"loc".to_vec(), key.clone(), 0, now)
+                .unwrap_err(),
             GrantError::TooMany
         );
-        grants.challenge(C2, bob, b"loc".to_vec(), key.clone(), 0, now).unwrap();
+        grants
+            .challenge(C2, bob, b"loc".to_vec(), key.clone(), 0, now)
+            .unwrap();
         // Expired ones make room again.
         grants
-            .challenge(C1, bob, b"loc".to_vec(), key, 0, now + Duration::from_secs(61))
+            .challenge(
+                C1,
+                bob,
+                b"loc".to_vec(),
+                key,
+                0,
+                now + Duration::from_secs(61),
+            )
             .unwrap();
     }
 }

@@ -200,8 +200,13 @@ impl Supplier {
         let identity = if config.identity_server {
             let host = identity_host(&config, local_addr)?;
             info!(%host, "serving the identity server role");
-            health.set_serving::<IdentityServer<IdentityService>>().await;
-            Some(IdentityServer::new(IdentityService::new(store.clone(), host)))
+            health
+                .set_serving::<IdentityServer<IdentityService>>()
+                .await;
+            Some(IdentityServer::new(IdentityService::new(
+                store.clone(),
+                host,
+            )))
         } else {
             None
         };
@@ -228,7 +233,9 @@ impl Supplier {
             net::server::Limits::default(),
             cancel.child_token(),
         );
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()));
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),
+        );
         info!(addr = %local_addr, node = %node_id, "supplier listening");
         Ok(Self {
             node_id,
@@ -322,7 +329,10 @@ fn spawn_collector(
             match store.run(move |store| store.collect_staged(cutoff)).await {
                 Ok((0, _)) => {}
                 Ok((count, bytes)) => {
-                    info!(count, bytes, "collected staged fragments no manifest claimed");
+                    info!(
+                        count,
+                        bytes, "collected staged fragments no manifest claimed"
+                    );
                     if let Ok((bytes, fragments)) = store.run(|store| store.usage()).await {
                         metrics.set_usage(bytes, fragments);
                     }

@@ -51,11 +51,27 @@ impl Default for Metrics {
         let stored_bytes = Gauge::<u64, AtomicU64>::default();
         let fragments = Gauge::<u64, AtomicU64>::default();
         let subscriptions = Gauge::default();
-        registry.register("requests", "gRPC requests by method and status", requests.clone());
-        registry.register("auth_failures", "refused authorizations and proofs", auth_failures.clone());
-        registry.register("stored_bytes", "bytes stored for customers", stored_bytes.clone());
+        registry.register(
+            "requests",
+            "gRPC requests by method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "refused authorizations and proofs",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "bytes stored for customers",
+            stored_bytes.clone(),
+        );
         registry.register("fragments", "committed fragments", fragments.clone());
-        registry.register("subscriptions", "open update subscriptions", subscriptions.clone());
+        registry.register(
+            "subscriptions",
+            "open update subscriptions",
+            subscriptions.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -76,7 +92,10 @@ impl Metrics {
                 code: format!("{code:?}"),
             })
             .inc();
-        if matches!(code, tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) {
+        if matches!(
+            code,
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) {
             self.auth_failures.inc();
         }
     }
@@ -97,7 +116,11 @@ impl Metrics {
     }
 
     /// Serves `/metrics` on `listener` until `cancel` fires.
-    pub fn serve(self, listener: TcpListener, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn serve(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
@@ -114,13 +137,16 @@ impl Metrics {
                 let metrics = self.clone();
                 let cancel = cancel.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let metrics = metrics.clone();
-                        async move { Ok::<_, std::convert::Infallible>(metrics.respond(&request)) }
-                    });
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let metrics = metrics.clone();
+                            async move { Ok::<_, std::convert::Infallible>(metrics.respond(&request)) }
+                        },
+                    );
                     let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), service);
-                    let deadline = tokio::time::timeout(std::time::Duration::from_secs(30), connection);
+                    let deadline =
+                        tokio::time::timeout(std::time::Duration::from_secs(30), connection);
                     tokio::select! {
                         () = cancel.cancelled() => {}
                         result = deadline => if let Ok(Err(e)) = result {
@@ -133,17 +159,23 @@ impl Metrics {
     }
 
     fn respond(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let (status, body) = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
-            (StatusCode::OK, self.encode())
-        } else {
-            (StatusCode::NOT_FOUND, "not found: try /metrics\n".to_owned())
-        };
+        let (status, body) =
+            if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+                (StatusCode::OK, self.encode())
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found: try /metrics\n".to_owned(),
+                )
+            };
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         if status == StatusCode::OK
             && let Ok(value) = "text/plain; version=0.0.4; charset=utf-8".parse()
         {
-            response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
         }
         response
     }

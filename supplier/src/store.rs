@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use common::id::NodeId;
 use prost::Message;
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions,
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
 };
 
 /// A storage failure or a refused change.
@@ -217,7 +217,13 @@ pub mod keys {
     }
 
     /// One fragment: a position of a block of a version.
-    pub fn fragment(location: &[u8], object_id: &[u8; 32], version: u64, block: u64, position: u32) -> Vec<u8> {
+    pub fn fragment(
+        location: &[u8],
+        object_id: &[u8; 32],
+        version: u64,
+        block: u64,
+        position: u32,
+    ) -> Vec<u8> {
         [
             location,
             object_id,
@@ -239,7 +245,12 @@ pub mod keys {
 
     /// A mailbox message: recipient, arrival time in nanoseconds, a random id.
     pub fn mailbox(recipient: &NodeId, nanos: u64, id: u64) -> Vec<u8> {
-        [recipient.as_bytes().as_slice(), &nanos.to_be_bytes(), &id.to_be_bytes()].concat()
+        [
+            recipient.as_bytes().as_slice(),
+            &nanos.to_be_bytes(),
+            &id.to_be_bytes(),
+        ]
+        .concat()
     }
 
     /// The first key after every key starting with `prefix`, if there is one.
@@ -369,7 +380,11 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf)?, key)?)
     }
 
-    fn get_message<M: Message + Default>(&self, cf: Cf, key: &[u8]) -> Result<Option<M>, StoreError> {
+    fn get_message<M: Message + Default>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<M>, StoreError> {
         self.get(cf, key)?
             .map(|bytes| M::decode(bytes.as_slice()).map_err(StoreError::from))
             .transpose()
@@ -383,7 +398,9 @@ impl Store {
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
-        self.write_lock.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Key-value pairs whose keys start with `prefix`, from `start` (inclusive)
@@ -393,15 +410,18 @@ impl Store {
         cf: Cf,
         prefix: &[u8],
         start: Option<&[u8]>,
-    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + '_, StoreError>
+    {
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
         }
         let from = start.unwrap_or(prefix);
-        let iter = self
-            .db
-            .iterator_cf_opt(self.cf(cf)?, opts, IteratorMode::From(from, Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf)?,
+            opts,
+            IteratorMode::From(from, Direction::Forward),
+        );
         Ok(iter.map(|item| item.map_err(StoreError::from)))
     }
 
@@ -478,7 +498,10 @@ impl Store {
             .sum();
         let free = capacity.saturating_sub(promised_elsewhere);
         if quota > free {
-            return Err(StoreError::Full { needed: quota, free });
+            return Err(StoreError::Full {
+                needed: quota,
+                free,
+            });
         }
         let used = existing.as_ref().map_or(0, |c| c.used_bytes);
         if quota < used {
@@ -496,8 +519,16 @@ impl Store {
             created_unix: existing.map_or_else(common::unix_now, |c| c.created_unix),
         };
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(Cf::Contracts)?, owner.as_bytes(), contract.encode_to_vec());
-        batch.put_cf(self.cf(Cf::Customers)?, user_id.as_bytes(), owner.as_bytes());
+        batch.put_cf(
+            self.cf(Cf::Contracts)?,
+            owner.as_bytes(),
+            contract.encode_to_vec(),
+        );
+        batch.put_cf(
+            self.cf(Cf::Customers)?,
+            user_id.as_bytes(),
+            owner.as_bytes(),
+        );
         self.write(batch)?;
         Ok(contract)
     }
@@ -509,7 +540,13 @@ impl Store {
         let start = owner.as_bytes().to_vec();
         let end = keys::prefix_end(&start);
         let mut batch = WriteBatch::default();
-        for cf in [Cf::Keys, Cf::FragmentMeta, Cf::Fragments, Cf::Manifests, Cf::Mailbox] {
+        for cf in [
+            Cf::Keys,
+            Cf::FragmentMeta,
+            Cf::Fragments,
+            Cf::Manifests,
+            Cf::Mailbox,
+        ] {
             match &end {
                 Some(end) => batch.delete_range_cf(self.cf(cf)?, start.as_slice(), end.as_slice()),
                 None => {
@@ -585,7 +622,9 @@ impl Store {
             return if previous.sha256 == sha256 {
                 Ok(())
             } else {
-                Err(StoreError::Damaged("a committed fragment cannot be replaced".into()))
+                Err(StoreError::Damaged(
+                    "a committed fragment cannot be replaced".into(),
+                ))
             };
         }
         let size = payload.len() as u64;
@@ -615,7 +654,11 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
-        batch.put_cf(self.cf(Cf::Contracts)?, owner.as_bytes(), contract.encode_to_vec());
+        batch.put_cf(
+            self.cf(Cf::Contracts)?,
+            owner.as_bytes(),
+            contract.encode_to_vec(),
+        );
         self.write(batch)
     }
 
@@ -636,7 +679,9 @@ impl Store {
             .get(Cf::Fragments, key)?
             .ok_or_else(|| StoreError::Damaged("fragment payload is missing".into()))?;
         if common::crypto::sha256(&payload).as_slice() != meta.sha256.as_slice() {
-            return Err(StoreError::Damaged("fragment payload does not match its hash".into()));
+            return Err(StoreError::Damaged(
+                "fragment payload does not match its hash".into(),
+            ));
         }
         Ok(Some(payload))
     }
@@ -656,7 +701,13 @@ impl Store {
         }
         let mut batch = WriteBatch::default();
         for &(block, position, sha256) in &commit.fragments {
-            let key = keys::fragment(&commit.location, &commit.object_id, commit.version, block, position);
+            let key = keys::fragment(
+                &commit.location,
+                &commit.object_id,
+                commit.version,
+                block,
+                position,
+            );
             let Some(mut meta) = self.fragment_meta(&key)? else {
                 return Ok(Err(CommitRefusal::Missing { block, position }));
             };
@@ -678,7 +729,8 @@ impl Store {
             if old == commit.version {
                 continue;
             }
-            removed.bytes += self.delete_version(&mut batch, &commit.location, &commit.object_id, old)?;
+            removed.bytes +=
+                self.delete_version(&mut batch, &commit.location, &commit.object_id, old)?;
             removed.versions.push(old);
         }
         self.charge_release(&mut batch, &commit.owner, removed.bytes)?;
@@ -708,7 +760,10 @@ impl Store {
         object_id: &[u8; 32],
         version: u64,
     ) -> Result<u64, StoreError> {
-        batch.delete_cf(self.cf(Cf::Manifests)?, keys::manifest(location, object_id, version));
+        batch.delete_cf(
+            self.cf(Cf::Manifests)?,
+            keys::manifest(location, object_id, version),
+        );
         let prefix = keys::manifest(location, object_id, version);
         let mut freed = 0;
         for item in self.scan(Cf::FragmentMeta, &prefix, None)? {
@@ -720,13 +775,22 @@ impl Store {
         Ok(freed)
     }
 
-    fn charge_release(&self, batch: &mut WriteBatch, owner: &NodeId, freed: u64) -> Result<(), StoreError> {
+    fn charge_release(
+        &self,
+        batch: &mut WriteBatch,
+        owner: &NodeId,
+        freed: u64,
+    ) -> Result<(), StoreError> {
         if freed == 0 {
             return Ok(());
         }
         if let Some(mut contract) = self.contract(owner)? {
             contract.used_bytes = contract.used_bytes.saturating_sub(freed);
-            batch.put_cf(self.cf(Cf::Contracts)?, owner.as_bytes(), contract.encode_to_vec());
+            batch.put_cf(
+                self.cf(Cf::Contracts)?,
+                owner.as_bytes(),
+                contract.encode_to_vec(),
+            );
         }
         Ok(())
     }
@@ -841,7 +905,11 @@ impl Store {
     // Mailboxes.
 
     /// Messages waiting for `recipient`, oldest first, at most `limit`.
-    pub fn mailbox(&self, recipient: &NodeId, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn mailbox(
+        &self,
+        recipient: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for item in self.scan(Cf::Mailbox, recipient.as_bytes(), None)? {
             let (key, value) = item?;
@@ -923,7 +991,10 @@ mod tests {
             assert_eq!(refused, Err("taken"));
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.identity("alice@id-a").unwrap().as_deref(), Some(&b"doc"[..]));
+        assert_eq!(
+            store.identity("alice@id-a").unwrap().as_deref(),
+            Some(&b"doc"[..])
+        );
         assert_eq!(store.identity("bob@id-a").unwrap(), None);
     }
 
@@ -937,15 +1008,21 @@ mod tests {
         let object = [9; 32];
         let a = keys::fragment(&location, &object, 1, 0, 0);
         let b = keys::fragment(&location, &object, 1, 1, 0);
-        store.stage(&owner, &a, &[1; 300], hash(&[1; 300]), GIB).unwrap();
-        store.stage(&owner, &b, &[2; 300], hash(&[2; 300]), GIB).unwrap();
+        store
+            .stage(&owner, &a, &[1; 300], hash(&[1; 300]), GIB)
+            .unwrap();
+        store
+            .stage(&owner, &b, &[2; 300], hash(&[2; 300]), GIB)
+            .unwrap();
         assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 600);
         // Staged fragments are not readable.
         assert_eq!(store.fragment(&a).unwrap(), None);
 
         // Quota: 600 used of 1000; 500 more is refused and nothing changes.
         let c = keys::fragment(&location, &object, 1, 2, 0);
-        let err = store.stage(&owner, &c, &[3; 500], hash(&[3; 500]), GIB).unwrap_err();
+        let err = store
+            .stage(&owner, &c, &[3; 500], hash(&[3; 500]), GIB)
+            .unwrap_err();
         assert!(matches!(err, StoreError::QuotaExceeded { used: 600, .. }));
         assert_eq!(store.fragment_meta(&c).unwrap(), None);
 
@@ -960,29 +1037,50 @@ mod tests {
         };
         assert_eq!(
             store.commit(&commit).unwrap(),
-            Err(CommitRefusal::HashMismatch { block: 1, position: 0 })
+            Err(CommitRefusal::HashMismatch {
+                block: 1,
+                position: 0
+            })
         );
         commit.fragments.push((2, 0, [0; 32]));
         commit.fragments[1].2 = hash(&[2; 300]);
         assert_eq!(
             store.commit(&commit).unwrap(),
-            Err(CommitRefusal::Missing { block: 2, position: 0 })
+            Err(CommitRefusal::Missing {
+                block: 2,
+                position: 0
+            })
         );
         commit.fragments.pop();
         assert_eq!(store.commit(&commit).unwrap(), Ok(Removed::default()));
         // Idempotent for the same manifest, refused for another.
         assert_eq!(store.commit(&commit).unwrap(), Ok(Removed::default()));
         commit.manifest = b"other".to_vec();
-        assert_eq!(store.commit(&commit).unwrap(), Err(CommitRefusal::VersionExists(1)));
+        assert_eq!(
+            store.commit(&commit).unwrap(),
+            Err(CommitRefusal::VersionExists(1))
+        );
 
         assert_eq!(store.fragment(&a).unwrap().unwrap(), vec![1; 300]);
         let (manifests, last) = store.manifests(&location, None, None, 10).unwrap();
         assert_eq!(manifests, vec![b"manifest-1".to_vec()]);
         assert!(last.is_some());
-        assert!(store.manifests(&location, None, last.as_deref(), 10).unwrap().0.is_empty());
+        assert!(
+            store
+                .manifests(&location, None, last.as_deref(), 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
 
         let removed = store.delete(&owner, &location, &object, None).unwrap();
-        assert_eq!(removed, Removed { versions: vec![1], bytes: 600 });
+        assert_eq!(
+            removed,
+            Removed {
+                versions: vec![1],
+                bytes: 600
+            }
+        );
         assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 0);
         assert_eq!(store.fragment(&a).unwrap(), None);
     }
@@ -1032,7 +1130,9 @@ mod tests {
         store.hire(&node(2), "bob@id-a", b"k", 400, 1000).unwrap();
         // A tiny disk: contracts promise more than the capacity now allows.
         let key = keys::fragment(&keys::location(&node(1), "master"), &[1; 32], 1, 0, 0);
-        let err = store.stage(&node(1), &key, &[0; 300], hash(&[0; 300]), 200).unwrap_err();
+        let err = store
+            .stage(&node(1), &key, &[0; 300], hash(&[0; 300]), 200)
+            .unwrap_err();
         assert!(matches!(err, StoreError::Full { .. }));
         assert_eq!(store.fragment_meta(&key).unwrap(), None);
     }
@@ -1045,13 +1145,23 @@ mod tests {
         store.hire(&owner, "alice@id-a", b"k", GIB, GIB).unwrap();
         let location = keys::location(&owner, "master");
         let key = keys::fragment(&location, &[1; 32], 1, 0, 0);
-        store.stage(&owner, &key, &[5; 50], hash(&[5; 50]), GIB).unwrap();
-        assert_eq!(store.collect_staged(common::unix_now() - 60).unwrap(), (0, 0));
-        assert_eq!(store.collect_staged(common::unix_now() + 1).unwrap(), (1, 50));
+        store
+            .stage(&owner, &key, &[5; 50], hash(&[5; 50]), GIB)
+            .unwrap();
+        assert_eq!(
+            store.collect_staged(common::unix_now() - 60).unwrap(),
+            (0, 0)
+        );
+        assert_eq!(
+            store.collect_staged(common::unix_now() + 1).unwrap(),
+            (1, 50)
+        );
         assert_eq!(store.fragment_meta(&key).unwrap(), None);
         assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 0);
 
-        store.stage(&owner, &key, &[5; 50], hash(&[5; 50]), GIB).unwrap();
+        store
+            .stage(&owner, &key, &[5; 50], hash(&[5; 50]), GIB)
+            .unwrap();
         store.release(&owner).unwrap();
         assert_eq!(store.contract(&owner).unwrap(), None);
         assert_eq!(store.customer("alice@id-a").unwrap(), None);

@@ -52,11 +52,17 @@ pub struct MailboxService {
 impl MailboxService {
     /// Mailboxes kept in `store`.
     pub fn new(store: Store, limits: MailboxLimits, metrics: Metrics) -> Self {
-        Self { store, limits, metrics }
+        Self {
+            store,
+            limits,
+            metrics,
+        }
     }
 
     fn finish<T>(&self, method: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.metrics.request(method, code);
         result.map(Response::new)
     }
@@ -92,32 +98,38 @@ impl MailboxService {
             .store
             .run(move |store| {
                 let Some(node) = store.customer(&user)? else {
-                    return Ok(Err(Status::not_found(format!("{user} has no mailbox on this supplier"))));
+                    return Ok(Err(Status::not_found(format!(
+                        "{user} has no mailbox on this supplier"
+                    ))));
                 };
                 let key = keys::mailbox(&node, now_nanos, id);
                 let mut stored = stored;
                 stored.message_id = key.clone();
                 let bytes = stored.encode_to_vec();
                 let size = bytes.len();
-                store.post(&node, &key, &bytes, |current| {
-                    let total: usize = current.iter().map(|(_, v)| v.len()).sum();
-                    if current.len() >= limits.max_messages || total + size > limits.max_bytes {
-                        return Err(Status::resource_exhausted(format!("the mailbox of {user} is full")));
-                    }
-                    let from_sender = current
-                        .iter()
-                        .filter(|(_, v)| {
-                            MailboxMessage::decode(v.as_slice()).is_ok_and(|m| m.sender_node_id == sender.as_bytes())
-                        })
-                        .count();
-                    if from_sender >= limits.max_per_sender {
-                        return Err(Status::resource_exhausted(format!(
-                            "you have left {from_sender} messages for {user} already"
-                        )));
-                    }
-                    Ok(())
-                })
-                .map(|result| result.map(|()| key))
+                store
+                    .post(&node, &key, &bytes, |current| {
+                        let total: usize = current.iter().map(|(_, v)| v.len()).sum();
+                        if current.len() >= limits.max_messages || total + size > limits.max_bytes {
+                            return Err(Status::resource_exhausted(format!(
+                                "the mailbox of {user} is full"
+                            )));
+                        }
+                        let from_sender = current
+                            .iter()
+                            .filter(|(_, v)| {
+                                MailboxMessage::decode(v.as_slice())
+                                    .is_ok_and(|m| m.sender_node_id == sender.as_bytes())
+                            })
+                            .count();
+                        if from_sender >= limits.max_per_sender {
+                            return Err(Status::resource_exhausted(format!(
+                                "you have left {from_sender} messages for {user} already"
+                            )));
+                        }
+                        Ok(())
+                    })
+                    .map(|result| result.map(|()| key))
             })
             .await
             .map_err(store_status)?;
@@ -126,7 +138,11 @@ impl MailboxService {
         Ok(PostResponse { message_id: key })
     }
 
-    async fn fetch(&self, recipient: NodeId, request: FetchRequest) -> Result<FetchResponse, Status> {
+    async fn fetch(
+        &self,
+        recipient: NodeId,
+        request: FetchRequest,
+    ) -> Result<FetchResponse, Status> {
         let limit = match request.max_messages {
             0 => 100,
             n => n.min(MAX_FETCH),
@@ -168,7 +184,10 @@ impl Mailbox for MailboxService {
         self.finish("Post", result)
     }
 
-    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
         let recipient = net::peer(&request)?.node_id;
         let result = self.fetch(recipient, request.into_inner()).await;
         self.finish("Fetch", result)

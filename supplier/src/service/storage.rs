@@ -22,11 +22,12 @@ use prost::Message;
 use proto::common::v1::Location;
 use proto::storage::v1::storage_server::Storage;
 use proto::storage::v1::{
-    ChallengeRequest, ChallengeResponse, CommitManifestRequest, CommitManifestResponse, DeleteRequest,
-    DeleteResponse, Event, EventKind, FragmentHeader, FragmentRef, GetFragmentRequest, GetFragmentResponse,
-    HireRequest, HireResponse, KeyRegistration, KeyRemoval, ListManifestsRequest, ListManifestsResponse,
-    OfferRequest, OfferResponse, ProveRequest, ProveResponse, PutFragmentRequest, PutFragmentResponse,
-    RegisterKeyRequest, RegisterKeyResponse, ReleaseRequest, ReleaseResponse, RemoveKeyRequest, RemoveKeyResponse,
+    ChallengeRequest, ChallengeResponse, CommitManifestRequest, CommitManifestResponse,
+    DeleteRequest, DeleteResponse, Event, EventKind, FragmentHeader, FragmentRef,
+    GetFragmentRequest, GetFragmentResponse, HireRequest, HireResponse, KeyRegistration,
+    KeyRemoval, ListManifestsRequest, ListManifestsResponse, OfferRequest, OfferResponse,
+    ProveRequest, ProveResponse, PutFragmentRequest, PutFragmentResponse, RegisterKeyRequest,
+    RegisterKeyResponse, ReleaseRequest, ReleaseResponse, RemoveKeyRequest, RemoveKeyResponse,
     SubscribeRequest, get_fragment_response, put_fragment_request,
 };
 use sha2::{Digest, Sha256};
@@ -109,8 +110,12 @@ enum Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::QuotaExceeded { .. } | StoreError::Full { .. } => Self::Exhausted(e.to_string()),
-            StoreError::NoContract => Self::Precondition("no contract with this supplier: hire it first".into()),
+            StoreError::QuotaExceeded { .. } | StoreError::Full { .. } => {
+                Self::Exhausted(e.to_string())
+            }
+            StoreError::NoContract => {
+                Self::Precondition("no contract with this supplier: hire it first".into())
+            }
             other => Self::Store(other),
         }
     }
@@ -220,8 +225,12 @@ impl StorageService {
                 Ok(store.contract(&node)?.map(|contract| (node, contract)))
             })
             .await?;
-        let (owner, contract) =
-            found.ok_or_else(|| Error::Precondition(format!("{} has no contract with this supplier", key_id.owner())))?;
+        let (owner, contract) = found.ok_or_else(|| {
+            Error::Precondition(format!(
+                "{} has no contract with this supplier",
+                key_id.owner()
+            ))
+        })?;
         Ok(Resolved {
             key: keys::location(&owner, key_id.alias().as_str()),
             key_id,
@@ -236,12 +245,19 @@ impl StorageService {
     }
 
     /// Checks that `peer` may do `access` on `location`.
-    async fn authorize(&self, peer: &PeerInfo, location: &Resolved, access: Access) -> Result<(), Error> {
+    async fn authorize(
+        &self,
+        peer: &PeerInfo,
+        location: &Resolved,
+        access: Access,
+    ) -> Result<(), Error> {
         if peer.node_id == location.owner {
             return Ok(());
         }
         if location.key_id.is_master() {
-            return Err(Error::Denied("the master location is readable only by its owner"));
+            return Err(Error::Denied(
+                "the master location is readable only by its owner",
+            ));
         }
         if access == Access::Delete {
             return Err(Error::Denied("only the owner may delete"));
@@ -255,7 +271,9 @@ impl StorageService {
         {
             Ok(())
         } else {
-            Err(Error::Denied("prove possession of the location's key first (Challenge, Prove)"))
+            Err(Error::Denied(
+                "prove possession of the location's key first (Challenge, Prove)",
+            ))
         }
     }
 
@@ -266,12 +284,11 @@ impl StorageService {
                 .map_err(|e| Error::Corrupt(format!("contract key: {e}")))?;
             return Ok((key, 0));
         }
-        let record = self
-            .share_key(&location.key)
-            .await?
-            .ok_or_else(|| Error::Precondition(format!("no key {} is registered here", location.key_id)))?;
-        let key =
-            PublicKey::from_spki_der(&record.public_key).map_err(|e| Error::Corrupt(format!("registered key: {e}")))?;
+        let record = self.share_key(&location.key).await?.ok_or_else(|| {
+            Error::Precondition(format!("no key {} is registered here", location.key_id))
+        })?;
+        let key = PublicKey::from_spki_der(&record.public_key)
+            .map_err(|e| Error::Corrupt(format!("registered key: {e}")))?;
         Ok((key, record.epoch))
     }
 
@@ -301,7 +318,11 @@ impl StorageService {
 
     // Handlers. Each returns our Error; the trait impl maps it and counts it.
 
-    async fn offer(&self, _peer: &PeerInfo, _request: OfferRequest) -> Result<OfferResponse, Error> {
+    async fn offer(
+        &self,
+        _peer: &PeerInfo,
+        _request: OfferRequest,
+    ) -> Result<OfferResponse, Error> {
         let promised: u64 = self
             .run(|store| Ok(store.contracts()?.iter().map(|(_, c)| c.quota_bytes).sum()))
             .await?;
@@ -313,8 +334,9 @@ impl StorageService {
     }
 
     async fn hire(&self, peer: &PeerInfo, request: HireRequest) -> Result<HireResponse, Error> {
-        let identity = SignedIdentity::from_proto(request.identity.ok_or_else(|| bad("missing identity"))?)
-            .map_err(|e| bad(e.to_string()))?;
+        let identity =
+            SignedIdentity::from_proto(request.identity.ok_or_else(|| bad("missing identity"))?)
+                .map_err(|e| bad(e.to_string()))?;
         let document = identity.document();
         if document.node_id() != peer.node_id {
             return Err(Error::Denied("the identity document is not the caller's"));
@@ -342,7 +364,11 @@ impl StorageService {
                 store.hire(&owner, &user, &master, quota, capacity).map(Ok)
             })
             .await?
-            .map_err(|()| Error::Conflict("this user id or key already has a contract under another name".into()))?;
+            .map_err(|()| {
+                Error::Conflict(
+                    "this user id or key already has a contract under another name".into(),
+                )
+            })?;
         info!(customer = %document.user_id, quota, "contract");
         Ok(HireResponse {
             quota_bytes: contract.quota_bytes,
@@ -367,14 +393,19 @@ impl StorageService {
         purpose: Purpose,
         key_id: impl FnOnce(&M) -> &str,
     ) -> Result<(M, Resolved), Error> {
-        let envelope = Envelope::from_proto(envelope.ok_or_else(|| bad("missing envelope"))?, MAX_ENVELOPE)
-            .map_err(|e| bad(e.to_string()))?;
+        let envelope = Envelope::from_proto(
+            envelope.ok_or_else(|| bad("missing envelope"))?,
+            MAX_ENVELOPE,
+        )
+        .map_err(|e| bad(e.to_string()))?;
         let body: M = envelope
             .open_message(&peer.master_key, purpose)
             .map_err(|_| Error::Denied("not signed by the caller's master key"))?;
         let key_id: KeyId = key_id(&body).parse().map_err(|e| bad(format!("{e}")))?;
         if key_id.is_master() {
-            return Err(bad("the master key is not registered; it is the owner's identity"));
+            return Err(bad(
+                "the master key is not registered; it is the owner's identity",
+            ));
         }
         let location = self
             .resolve(Some(Location {
@@ -388,11 +419,21 @@ impl StorageService {
         Ok((body, location))
     }
 
-    async fn register_key(&self, peer: &PeerInfo, request: RegisterKeyRequest) -> Result<RegisterKeyResponse, Error> {
+    async fn register_key(
+        &self,
+        peer: &PeerInfo,
+        request: RegisterKeyRequest,
+    ) -> Result<RegisterKeyResponse, Error> {
         let (registration, location) = self
-            .owner_signed::<KeyRegistration>(peer, request.registration, Purpose::KeyRegister, |r| &r.key_id)
+            .owner_signed::<KeyRegistration>(
+                peer,
+                request.registration,
+                Purpose::KeyRegister,
+                |r| &r.key_id,
+            )
             .await?;
-        PublicKey::from_spki_der(&registration.public_key).map_err(|e| bad(format!("share key: {e}")))?;
+        PublicKey::from_spki_der(&registration.public_key)
+            .map_err(|e| bad(format!("share key: {e}")))?;
         let record = KeyRecord {
             public_key: registration.public_key,
             epoch: registration.epoch,
@@ -411,7 +452,10 @@ impl StorageService {
                         changed = true;
                         Ok(Some(record))
                     }
-                    Some(current) if record.epoch == current.epoch && record.public_key == current.public_key => {
+                    Some(current)
+                        if record.epoch == current.epoch
+                            && record.public_key == current.public_key =>
+                    {
                         Ok(None)
                     }
                     Some(current) if record.epoch == current.epoch => {
@@ -433,7 +477,11 @@ impl StorageService {
         Ok(RegisterKeyResponse {})
     }
 
-    async fn remove_key(&self, peer: &PeerInfo, request: RemoveKeyRequest) -> Result<RemoveKeyResponse, Error> {
+    async fn remove_key(
+        &self,
+        peer: &PeerInfo,
+        request: RemoveKeyRequest,
+    ) -> Result<RemoveKeyResponse, Error> {
         let (_, location) = self
             .owner_signed::<KeyRemoval>(peer, request.removal, Purpose::KeyRemove, |r| &r.key_id)
             .await?;
@@ -441,16 +489,25 @@ impl StorageService {
         let removed = self.run(move |store| store.remove_key(&key)).await?;
         self.grants.revoke(&location.key);
         if !removed {
-            return Err(Error::NotFound(format!("no key {} is registered", location.key_id)));
+            return Err(Error::NotFound(format!(
+                "no key {} is registered",
+                location.key_id
+            )));
         }
         info!(key = %location.key_id, "share key removed");
         Ok(RemoveKeyResponse {})
     }
 
-    async fn challenge(&self, peer: &PeerInfo, request: ChallengeRequest) -> Result<ChallengeResponse, Error> {
+    async fn challenge(
+        &self,
+        peer: &PeerInfo,
+        request: ChallengeRequest,
+    ) -> Result<ChallengeResponse, Error> {
         let location = self.resolve(request.location).await?;
         if location.key_id.is_master() {
-            return Err(Error::Denied("the master location is readable only by its owner"));
+            return Err(Error::Denied(
+                "the master location is readable only by its owner",
+            ));
         }
         let record = self
             .share_key(&location.key)
@@ -482,7 +539,13 @@ impl StorageService {
         };
         let pending = self
             .grants
-            .take(&request.nonce, peer.connection, peer.node_id, &location.key, Instant::now())
+            .take(
+                &request.nonce,
+                peer.connection,
+                peer.node_id,
+                &location.key,
+                Instant::now(),
+            )
             .map_err(denied)?;
         let record = self
             .share_key(&location.key)
@@ -491,7 +554,8 @@ impl StorageService {
         if request.epoch != pending.epoch || record.epoch != pending.epoch {
             return Err(Error::Denied("proof refused"));
         }
-        let key = PublicKey::from_spki_der(&record.public_key).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let key = PublicKey::from_spki_der(&record.public_key)
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
         let message = audit::supplier_proof(
             &self.supplier_id,
             &peer.node_id,
@@ -501,8 +565,12 @@ impl StorageService {
         );
         key.verify(Purpose::Audit, &message, &request.signature)
             .map_err(|_| Error::Denied("proof refused"))?;
-        self.grants
-            .grant(peer.connection, location.key.clone(), pending.epoch, Instant::now());
+        self.grants.grant(
+            peer.connection,
+            location.key.clone(),
+            pending.epoch,
+            Instant::now(),
+        );
         debug!(peer = %peer.node_id.fmt_short(), key = %location.key_id, "proof accepted");
         Ok(ProveResponse {
             ttl_seconds: u32::try_from(self.grants.grant_ttl().as_secs()).unwrap_or(u32::MAX),
@@ -526,7 +594,13 @@ impl StorageService {
         }
         let location = self.resolve(fragment.location).await?;
         self.authorize(peer, &location, access).await?;
-        let key = keys::fragment(&location.key, &object.0, fragment.version, fragment.block, fragment.position);
+        let key = keys::fragment(
+            &location.key,
+            &object.0,
+            fragment.version,
+            fragment.block,
+            fragment.position,
+        );
         Ok((location, key))
     }
 
@@ -543,8 +617,15 @@ impl StorageService {
         let Some(put_fragment_request::Part::Header(header)) = first.part else {
             return Err(bad("the first message must be the header"));
         };
-        let FragmentHeader { fragment, size, sha256 } = header;
-        let expected: [u8; 32] = sha256.as_slice().try_into().map_err(|_| bad("sha256 must be 32 bytes"))?;
+        let FragmentHeader {
+            fragment,
+            size,
+            sha256,
+        } = header;
+        let expected: [u8; 32] = sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("sha256 must be 32 bytes"))?;
         if size > self.limits.max_fragment_bytes {
             return Err(Error::Exhausted(format!(
                 "fragment of {size} bytes is larger than the {} allowed",
@@ -579,7 +660,10 @@ impl StorageService {
             payload.extend_from_slice(&chunk);
         }
         if payload.len() != capacity {
-            return Err(bad(format!("got {} bytes, the header declared {size}", payload.len())));
+            return Err(bad(format!(
+                "got {} bytes, the header declared {size}",
+                payload.len()
+            )));
         }
         let actual: [u8; 32] = hasher.finalize().into();
         if actual != expected {
@@ -601,7 +685,9 @@ impl StorageService {
         request: GetFragmentRequest,
     ) -> Result<Vec<GetFragmentResponse>, Error> {
         let reference = request.fragment.clone();
-        let (_, key) = self.fragment_ref(peer, request.fragment, Access::Read).await?;
+        let (_, key) = self
+            .fragment_ref(peer, request.fragment, Access::Read)
+            .await?;
         let payload = self
             .run(move |store| store.fragment(&key))
             .await
@@ -631,8 +717,9 @@ impl StorageService {
     ) -> Result<CommitManifestResponse, Error> {
         let location = self.resolve(request.location).await?;
         self.authorize(peer, &location, Access::Write).await?;
-        let signed = SignedManifest::from_proto(request.manifest.ok_or_else(|| bad("missing manifest"))?)
-            .map_err(|e| bad(e.to_string()))?;
+        let signed =
+            SignedManifest::from_proto(request.manifest.ok_or_else(|| bad("missing manifest"))?)
+                .map_err(|e| bad(e.to_string()))?;
         let (location_key, epoch) = self.location_key(&location).await?;
         let manifest = signed
             .verify_location(&location_key)
@@ -646,9 +733,15 @@ impl StorageService {
                 manifest.epoch
             )));
         }
-        let writer = SignedIdentity::from_proto(request.writer_identity.ok_or_else(|| bad("missing writer identity"))?)
-            .map_err(|e| bad(e.to_string()))?;
-        if writer.document().user_id != manifest.writer || writer.document().node_id() != peer.node_id {
+        let writer = SignedIdentity::from_proto(
+            request
+                .writer_identity
+                .ok_or_else(|| bad("missing writer identity"))?,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        if writer.document().user_id != manifest.writer
+            || writer.document().node_id() != peer.node_id
+        {
             return Err(Error::Denied("the manifest's writer is not the caller"));
         }
         signed
@@ -682,7 +775,12 @@ impl StorageService {
             .await?
             .map_err(|refusal: CommitRefusal| Error::Precondition(refusal.to_string()))?;
         debug!(location = %location.key_id, object = ?manifest.object_id, version = manifest.version, "committed");
-        self.publish(&location, EventKind::Commit, &manifest.object_id.0, manifest.version);
+        self.publish(
+            &location,
+            EventKind::Commit,
+            &manifest.object_id.0,
+            manifest.version,
+        );
         self.refresh_usage().await;
         Ok(CommitManifestResponse {})
     }
@@ -697,7 +795,11 @@ impl StorageService {
         let object = if request.object_id.is_empty() {
             None
         } else {
-            Some(ObjectId::from_slice(&request.object_id).map_err(|e| bad(e.to_string()))?.0)
+            Some(
+                ObjectId::from_slice(&request.object_id)
+                    .map_err(|e| bad(e.to_string()))?
+                    .0,
+            )
         };
         let after = if request.page_token.is_empty() {
             None
@@ -718,16 +820,25 @@ impl StorageService {
         let manifests = manifests
             .into_iter()
             .map(|bytes| {
-                proto::storage::v1::SignedManifest::decode(bytes.as_slice()).map_err(|e| Error::Corrupt(e.to_string()))
+                proto::storage::v1::SignedManifest::decode(bytes.as_slice())
+                    .map_err(|e| Error::Corrupt(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ListManifestsResponse {
             manifests,
-            next_page_token: if full_page { last.unwrap_or_default() } else { Vec::new() },
+            next_page_token: if full_page {
+                last.unwrap_or_default()
+            } else {
+                Vec::new()
+            },
         })
     }
 
-    async fn delete(&self, peer: &PeerInfo, request: DeleteRequest) -> Result<DeleteResponse, Error> {
+    async fn delete(
+        &self,
+        peer: &PeerInfo,
+        request: DeleteRequest,
+    ) -> Result<DeleteResponse, Error> {
         let location = self.resolve(request.location).await?;
         self.authorize(peer, &location, Access::Delete).await?;
         let object = ObjectId::from_slice(&request.object_id).map_err(|e| bad(e.to_string()))?;
@@ -746,7 +857,11 @@ impl StorageService {
         Ok(DeleteResponse {})
     }
 
-    async fn subscribe(&self, peer: &PeerInfo, request: SubscribeRequest) -> Result<ReceiverStream<Result<Event, Status>>, Error> {
+    async fn subscribe(
+        &self,
+        peer: &PeerInfo,
+        request: SubscribeRequest,
+    ) -> Result<ReceiverStream<Result<Event, Status>>, Error> {
         let location = self.resolve(request.location).await?;
         self.authorize(peer, &location, Access::Read).await?;
         let permit = self
@@ -794,7 +909,9 @@ type FragmentStream = Pin<Box<dyn Stream<Item = Result<GetFragmentResponse, Stat
 impl StorageService {
     fn finish<T>(&self, method: &str, result: Result<T, Error>) -> Result<Response<T>, Status> {
         let result = result.map(Response::new).map_err(Status::from);
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.metrics.request(method, code);
         if let Err(status) = &result {
             debug!(method, code = ?status.code(), message = status.message(), "request refused");
@@ -805,7 +922,10 @@ impl StorageService {
 
 #[tonic::async_trait]
 impl Storage for StorageService {
-    async fn offer(&self, request: Request<OfferRequest>) -> Result<Response<OfferResponse>, Status> {
+    async fn offer(
+        &self,
+        request: Request<OfferRequest>,
+    ) -> Result<Response<OfferResponse>, Status> {
         let peer = net::peer(&request)?.clone();
         self.finish("Offer", self.offer(&peer, request.into_inner()).await)
     }
@@ -815,27 +935,51 @@ impl Storage for StorageService {
         self.finish("Hire", self.hire(&peer, request.into_inner()).await)
     }
 
-    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
         let peer = net::peer(&request)?.clone();
         self.finish("Release", self.release(&peer).await)
     }
 
-    async fn register_key(&self, request: Request<RegisterKeyRequest>) -> Result<Response<RegisterKeyResponse>, Status> {
+    async fn register_key(
+        &self,
+        request: Request<RegisterKeyRequest>,
+    ) -> Result<Response<RegisterKeyResponse>, Status> {
         let peer = net::peer(&request)?.clone();
-        self.finish("RegisterKey", self.register_key(&peer, request.into_inner()).await)
+        self.finish(
+            "RegisterKey",
+            self.register_key(&peer, request.into_inner()).await,
+        )
     }
 
-    async fn remove_key(&self, request: Request<RemoveKeyRequest>) -> Result<Response<RemoveKeyResponse>, Status> {
+    async fn remove_key(
+        &self,
+        request: Request<RemoveKeyRequest>,
+    ) -> Result<Response<RemoveKeyResponse>, Status> {
         let peer = net::peer(&request)?.clone();
-        self.finish("RemoveKey", self.remove_key(&peer, request.into_inner()).await)
+        self.finish(
+            "RemoveKey",
+            self.remove_key(&peer, request.into_inner()).await,
+        )
     }
 
-    async fn challenge(&self, request: Request<ChallengeRequest>) -> Result<Response<ChallengeResponse>, Status> {
+    async fn challenge(
+        &self,
+        request: Request<ChallengeRequest>,
+    ) -> Result<Response<ChallengeResponse>, Status> {
         let peer = net::peer(&request)?.clone();
-        self.finish("Challenge", self.challenge(&peer, request.into_inner()).await)
+        self.finish(
+            "Challenge",
+            self.challenge(&peer, request.into_inner()).await,
+        )
     }
 
-    async fn prove(&self, request: Request<ProveRequest>) -> Result<Response<ProveResponse>, Status> {
+    async fn prove(
+        &self,
+        request: Request<ProveRequest>,
+    ) -> Result<Response<ProveResponse>, Status> {
         let peer = net::peer(&request)?.clone();
         self.finish("Prove", self.prove(&peer, request.into_inner()).await)
     }
@@ -845,7 +989,10 @@ impl Storage for StorageService {
         request: Request<Streaming<PutFragmentRequest>>,
     ) -> Result<Response<PutFragmentResponse>, Status> {
         let peer = net::peer(&request)?.clone();
-        self.finish("PutFragment", self.put_fragment(&peer, request.into_inner()).await)
+        self.finish(
+            "PutFragment",
+            self.put_fragment(&peer, request.into_inner()).await,
+        )
     }
 
     type GetFragmentStream = FragmentStream;
@@ -867,7 +1014,10 @@ impl Storage for StorageService {
         request: Request<CommitManifestRequest>,
     ) -> Result<Response<CommitManifestResponse>, Status> {
         let peer = net::peer(&request)?.clone();
-        self.finish("CommitManifest", self.commit_manifest(&peer, request.into_inner()).await)
+        self.finish(
+            "CommitManifest",
+            self.commit_manifest(&peer, request.into_inner()).await,
+        )
     }
 
     async fn list_manifests(
@@ -875,17 +1025,26 @@ impl Storage for StorageService {
         request: Request<ListManifestsRequest>,
     ) -> Result<Response<ListManifestsResponse>, Status> {
         let peer = net::peer(&request)?.clone();
-        self.finish("ListManifests", self.list_manifests(&peer, request.into_inner()).await)
+        self.finish(
+            "ListManifests",
+            self.list_manifests(&peer, request.into_inner()).await,
+        )
     }
 
-    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let peer = net::peer(&request)?.clone();
         self.finish("Delete", self.delete(&peer, request.into_inner()).await)
     }
 
     type SubscribeStream = EventStream;
 
-    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = net::peer(&request)?.clone();
         let stream = self
             .subscribe(&peer, request.into_inner())

@@ -1,0 +1,1281 @@
+//! The storage, mailbox and operations surface of a supplier, over real
+//! loopback mutual TLS and a real RocksDB store.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use common::audit;
+use common::crypto::{PrivateKey, Purpose};
+use common::envelope::Envelope;
+use common::id::{KeyId, UserId};
+use common::identity::{IdentityDocument, SignedIdentity};
+use common::manifest::{BlockFragments, Manifest, ObjectId, Scheme, SignedManifest};
+use common::tls::TlsIdentity;
+use net::Dialer;
+use proto::common::v1::Location;
+use proto::mailbox::v1::mailbox_client::MailboxClient;
+use proto::mailbox::v1::{AckRequest, FetchRequest, PostRequest};
+use proto::storage::v1::storage_client::StorageClient;
+use proto::storage::v1::{
+    ChallengeRequest, CommitManifestRequest, DeleteRequest, EventKind, FragmentHeader, FragmentRef,
+    GetFragmentRequest, HireRequest, KeyRegistration, ListManifestsRequest, OfferRequest,
+    ProveRequest, PutFragmentRequest, RegisterKeyRequest, SubscribeRequest, get_fragment_response,
+    put_fragment_request,
+};
+use supplier::{Config, Supplier};
+use tempfile::TempDir;
+use tonic::Code;
+use tonic::transport::Channel;
+
+static KEYS: LazyLock<Vec<PrivateKey>> = LazyLock::new(|| {
+    (0..5)
+        .map(|_| PrivateKey::generate(2048).unwrap())
+        .collect()
+});
+const ALICE: usize = 0;
+const BOB: usize = 1;
+const MALLORY: usize = 2;
+const SHARE: usize = 3;
+const OTHER_SHARE: usize = 4;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Node {
+    supplier: Supplier,
+    dir: TempDir,
+}
+
+impl Node {
+    async fn start() -> Self {
+        Self::start_with(|c| c).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(Config) -> Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        supplier::init_data_dir(dir.path(), 2048).unwrap();
+        let supplier = Supplier::spawn(adjust(Config::for_tests(dir.path())))
+            .await
+            .unwrap();
+        Self { supplier, dir }
+    }
+
+    async fn restart(&mut self) {
+        self.supplier.shutdown().await;
+        self.supplier = Supplier::spawn(Config::for_tests(self.dir.path()))
+            .await
+            .unwrap();
+    }
+}
+
+/// A customer: a master key, its identity and a dialer.
+struct Customer {
+    key: &'static PrivateKey,
+    user: UserId,
+    identity: SignedIdentity,
+    dialer: Dialer,
+}
+
+impl Customer {
+    fn new(index: usize, name: &str) -> Self {
+        let key = &KEYS[index];
+        let user: UserId = format!("{name}@id-test").parse().unwrap();
+        let identity = SignedIdentity::sign(
+            IdentityDocument {
+                user_id: user.clone(),
+                master_key: key.public_key().clone(),
+                endpoints: vec![],
+                revision: 1,
+                created_unix: 1,
+            },
+            key,
+        )
+        .unwrap();
+        let dialer = Dialer::new(Arc::new(TlsIdentity::generate(key).unwrap()));
+        Self {
+            key,
+            user,
+            identity,
+            dialer,
+        }
+    }
+
+    async fn channel(&self, node: &Node) -> Channel {
+        let addr = node.supplier.local_addr().to_string();
+        self.dialer
+            .connect(&addr, Some(node.supplier.node_id()))
+            .await
+            .unwrap()
+            .channel
+    }
+
+    async fn storage(&self, node: &Node) -> StorageClient<Channel> {
+        StorageClient::new(self.channel(node).await)
+    }
+
+    async fn hire(
+        &self,
+        client: &mut StorageClient<Channel>,
+        quota: u64,
+    ) -> Result<u64, tonic::Status> {
+        client
+            .hire(HireRequest {
+                identity: Some(self.identity.to_proto()),
+                quota_bytes: quota,
+            })
+            .await
+            .map(|r| r.into_inner().used_bytes)
+    }
+
+    fn location(&self, alias: &str) -> Location {
+        Location {
+            owner: self.user.to_string(),
+            alias: alias.into(),
+        }
+    }
+
+    fn key_id(&self, alias: &str) -> KeyId {
+        format!("{alias}${}", self.user).parse().unwrap()
+    }
+}
+
+fn fragment_ref(location: &Location, object: u8, version: u64, block: u64) -> FragmentRef {
+    FragmentRef {
+        location: Some(location.clone()),
+        object_id: vec![object; 32],
+        version,
+        block,
+        position: 0,
+    }
+}
+
+async fn put(
+    client: &mut StorageClient<Channel>,
+    reference: FragmentRef,
+    data: &[u8],
+) -> Result<(), tonic::Status> {
+    put_raw(
+        client,
+        reference,
+        data.len() as u64,
+        common::crypto::sha256(data).to_vec(),
+        data,
+    )
+    .await
+}
+
+async fn put_raw(
+    client: &mut StorageClient<Channel>,
+    reference: FragmentRef,
+    size: u64,
+    sha256: Vec<u8>,
+    data: &[u8],
+) -> Result<(), tonic::Status> {
+    let mut messages = vec![PutFragmentRequest {
+        part: Some(put_fragment_request::Part::Header(FragmentHeader {
+            fragment: Some(reference),
+            size,
+            sha256,
+        })),
+    }];
+    messages.extend(data.chunks(100_000).map(|chunk| PutFragmentRequest {
+        part: Some(put_fragment_request::Part::Chunk(chunk.to_vec())),
+    }));
+    client
+        .put_fragment(tokio_stream::iter(messages))
+        .await
+        .map(|_| ())
+}
+
+async fn get(
+    client: &mut StorageClient<Channel>,
+    reference: FragmentRef,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = client
+        .get_fragment(GetFragmentRequest {
+            fragment: Some(reference),
+        })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(message) = stream.message().await? {
+        if let Some(get_fragment_response::Part::Chunk(chunk)) = message.part {
+            data.extend_from_slice(&chunk);
+        }
+    }
+    Ok(data)
+}
+
+/// A 1+0 manifest over `blocks`, signed by `location_key` and the writer.
+fn manifest(
+    location: KeyId,
+    writer: &Customer,
+    location_key: &PrivateKey,
+    object: u8,
+    version: u64,
+    blocks: &[&[u8]],
+) -> proto::storage::v1::SignedManifest {
+    let manifest = Manifest {
+        location,
+        object_id: ObjectId([object; 32]),
+        version,
+        epoch: 0,
+        writer: writer.user.clone(),
+        scheme: Scheme { data: 1, parity: 0 },
+        wrapped_file_key: vec![1; 32],
+        sealed_metadata: vec![2; 32],
+        blocks: blocks
+            .iter()
+            .map(|b| BlockFragments {
+                sha256: vec![common::crypto::sha256(b)],
+                fragment_size: b.len() as u64,
+            })
+            .collect(),
+        created_unix: 1,
+    };
+    SignedManifest::sign(&manifest, location_key, writer.key)
+        .unwrap()
+        .to_proto()
+}
+
+async fn commit(
+    client: &mut StorageClient<Channel>,
+    writer: &Customer,
+    location: &Location,
+    signed: proto::storage::v1::SignedManifest,
+) -> Result<(), tonic::Status> {
+    client
+        .commit_manifest(CommitManifestRequest {
+            manifest: Some(signed),
+            position: 0,
+            writer_identity: Some(writer.identity.to_proto()),
+            location: Some(location.clone()),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn list(
+    client: &mut StorageClient<Channel>,
+    location: &Location,
+) -> Result<usize, tonic::Status> {
+    Ok(client
+        .list_manifests(ListManifestsRequest {
+            location: Some(location.clone()),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .manifests
+        .len())
+}
+
+async fn register_share(
+    owner: &Customer,
+    client: &mut StorageClient<Channel>,
+    alias: &str,
+    key: &PrivateKey,
+) {
+    let registration = KeyRegistration {
+        key_id: owner.key_id(alias).to_string(),
+        public_key: key.public_key().spki_der().to_vec(),
+        epoch: 0,
+        issued_unix: 1,
+    };
+    let envelope = Envelope::seal_message(owner.key, Purpose::KeyRegister, &registration).unwrap();
+    client
+        .register_key(RegisterKeyRequest {
+            registration: Some(envelope.to_proto()),
+        })
+        .await
+        .unwrap();
+}
+
+/// Challenges and proves possession of `key` for `location` on `client`'s connection.
+async fn prove(
+    client: &mut StorageClient<Channel>,
+    member: &Customer,
+    location: &Location,
+    key_id: &KeyId,
+    key: &PrivateKey,
+) -> Result<(), tonic::Status> {
+    let challenge = client
+        .challenge(ChallengeRequest {
+            location: Some(location.clone()),
+        })
+        .await?
+        .into_inner();
+    let supplier = common::id::NodeId::from_slice(&challenge.supplier_id).unwrap();
+    let message = audit::supplier_proof(
+        &supplier,
+        &member.key.public_key().node_id(),
+        key_id,
+        challenge.epoch,
+        &challenge.nonce,
+    );
+    client
+        .prove(ProveRequest {
+            location: Some(location.clone()),
+            epoch: challenge.epoch,
+            nonce: challenge.nonce,
+            signature: key.sign(Purpose::Audit, &message).unwrap(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn an_owner_stores_lists_reads_and_deletes_and_a_restart_keeps_commits() {
+    let mut node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = alice.storage(&node).await;
+    let offer = client
+        .offer(OfferRequest { requested_bytes: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offer.available_bytes, 1 << 30);
+    assert_eq!(alice.hire(&mut client, 10 << 20).await.unwrap(), 0);
+
+    let master = alice.location("master");
+    let blocks: Vec<Vec<u8>> = vec![(0..300_000u32).map(|i| i as u8).collect(), vec![7; 1000]];
+    for (i, block) in blocks.iter().enumerate() {
+        put(&mut client, fragment_ref(&master, 1, 1, i as u64), block)
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
+    let signed = manifest(alice.key_id("master"), &alice, alice.key, 1, 1, &refs);
+    commit(&mut client, &alice, &master, signed.clone())
+        .await
+        .unwrap();
+    // Committing the same manifest again is harmless.
+    commit(&mut client, &alice, &master, signed).await.unwrap();
+    assert_eq!(list(&mut client, &master).await.unwrap(), 1);
+    for (i, block) in blocks.iter().enumerate() {
+        assert_eq!(
+            &get(&mut client, fragment_ref(&master, 1, 1, i as u64))
+                .await
+                .unwrap(),
+            block
+        );
+    }
+
+    node.restart().await;
+    let mut client = alice.storage(&node).await;
+    assert_eq!(list(&mut client, &master).await.unwrap(), 1);
+    assert_eq!(
+        get(&mut client, fragment_ref(&master, 1, 1, 0))
+            .await
+            .unwrap(),
+        blocks[0]
+    );
+
+    client
+        .delete(DeleteRequest {
+            location: Some(master.clone()),
+            object_id: vec![1; 32],
+            version: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(list(&mut client, &master).await.unwrap(), 0);
+    let err = get(&mut client, fragment_ref(&master, 1, 1, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        alice.hire(&mut client, 10 << 20).await.unwrap(),
+        0,
+        "the quota is given back"
+    );
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_on_every_method() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mallory = Customer::new(MALLORY, "mallory");
+    let mut owner = alice.storage(&node).await;
+    alice.hire(&mut owner, 10 << 20).await.unwrap();
+    register_share(&alice, &mut owner, "photos", &KEYS[SHARE]).await;
+    let master = alice.location("master");
+    put(&mut owner, fragment_ref(&master, 1, 1, 0), b"data")
+        .await
+        .unwrap();
+    commit(
+        &mut owner,
+        &alice,
+        &master,
+        manifest(alice.key_id("master"), &alice, alice.key, 1, 1, &[b"data"]),
+    )
+    .await
+    .unwrap();
+
+    let mut client = mallory.storage(&node).await;
+    mallory.hire(&mut client, 1 << 20).await.unwrap();
+    for location in [alice.location("master"), alice.location("photos")] {
+        let denied = |result: Result<(), tonic::Status>| {
+            let status = result.unwrap_err();
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        };
+        denied(put(&mut client, fragment_ref(&location, 1, 2, 0), b"evil").await);
+        denied(
+            get(&mut client, fragment_ref(&location, 1, 1, 0))
+                .await
+                .map(|_| ()),
+        );
+        denied(list(&mut client, &location).await.map(|_| ()));
+        denied(
+            client
+                .delete(DeleteRequest {
+                    location: Some(location.clone()),
+                    object_id: vec![1; 32],
+                    version: 0,
+                })
+                .await
+                .map(|_| ()),
+        );
+        denied(
+            client
+                .subscribe(SubscribeRequest {
+                    location: Some(location.clone()),
+                })
+                .await
+                .map(|_| ()),
+        );
+        let signed = manifest(
+            format!("{}${}", location.alias, alice.user)
+                .parse()
+                .unwrap(),
+            &mallory,
+            mallory.key,
+            1,
+            2,
+            &[b"evil"],
+        );
+        denied(commit(&mut client, &mallory, &location, signed).await);
+    }
+    // A challenge for the master location is refused outright; for a share
+    // it is issued, but a proof with the wrong key earns nothing.
+    let status = client
+        .challenge(ChallengeRequest {
+            location: Some(alice.location("master")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let photos = alice.location("photos");
+    let err = prove(
+        &mut client,
+        &mallory,
+        &photos,
+        &alice.key_id("photos"),
+        mallory.key,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        list(&mut client, &photos).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // The owner's data is untouched.
+    assert_eq!(
+        get(&mut owner, fragment_ref(&master, 1, 1, 0))
+            .await
+            .unwrap(),
+        b"data"
+    );
+}
+
+#[tokio::test]
+async fn a_proven_member_reads_writes_and_subscribes_but_cannot_delete() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mut owner = alice.storage(&node).await;
+    alice.hire(&mut owner, 10 << 20).await.unwrap();
+    register_share(&alice, &mut owner, "photos", &KEYS[SHARE]).await;
+    let photos = alice.location("photos");
+    let key_id = alice.key_id("photos");
+
+    let mut member = bob.storage(&node).await;
+    prove(&mut member, &bob, &photos, &key_id, &KEYS[SHARE])
+        .await
+        .unwrap();
+    put(&mut member, fragment_ref(&photos, 2, 1, 0), b"from bob")
+        .await
+        .unwrap();
+    let signed = manifest(key_id.clone(), &bob, &KEYS[SHARE], 2, 1, &[b"from bob"]);
+    commit(&mut member, &bob, &photos, signed).await.unwrap();
+    assert_eq!(list(&mut member, &photos).await.unwrap(), 1);
+    assert_eq!(
+        get(&mut member, fragment_ref(&photos, 2, 1, 0))
+            .await
+            .unwrap(),
+        b"from bob"
+    );
+    // Bytes written by members count against the owner's quota.
+    assert_eq!(alice.hire(&mut owner, 10 << 20).await.unwrap(), 8);
+    let status = member
+        .delete(DeleteRequest {
+            location: Some(photos.clone()),
+            object_id: vec![2; 32],
+            version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // A manifest signed with another key than the location's is refused.
+    put(&mut member, fragment_ref(&photos, 3, 1, 0), b"x")
+        .await
+        .unwrap();
+    let forged = manifest(key_id.clone(), &bob, &KEYS[OTHER_SHARE], 3, 1, &[b"x"]);
+    let status = commit(&mut member, &bob, &photos, forged)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // A grant is per connection: a fresh connection must prove again.
+    let mut fresh = bob.storage(&node).await;
+    assert_eq!(
+        list(&mut fresh, &photos).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn replayed_and_misbound_proofs_are_refused() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mut owner = alice.storage(&node).await;
+    alice.hire(&mut owner, 10 << 20).await.unwrap();
+    register_share(&alice, &mut owner, "photos", &KEYS[SHARE]).await;
+    let photos = alice.location("photos");
+    let key_id = alice.key_id("photos");
+    let bob_id = bob.key.public_key().node_id();
+    let mut member = bob.storage(&node).await;
+
+    let challenge = |client: &mut StorageClient<Channel>| {
+        let mut client = client.clone();
+        let photos = photos.clone();
+        async move {
+            client
+                .challenge(ChallengeRequest {
+                    location: Some(photos),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let prove_with = |client: &mut StorageClient<Channel>, nonce: Vec<u8>, message: Vec<u8>| {
+        let mut client = client.clone();
+        let photos = photos.clone();
+        async move {
+            client
+                .prove(ProveRequest {
+                    location: Some(photos),
+                    epoch: 0,
+                    nonce,
+                    signature: KEYS[SHARE].sign(Purpose::Audit, &message).unwrap(),
+                })
+                .await
+        }
+    };
+
+    // A good proof, then the same proof again.
+    let c = challenge(&mut member).await;
+    let supplier = common::id::NodeId::from_slice(&c.supplier_id).unwrap();
+    let good = audit::supplier_proof(&supplier, &bob_id, &key_id, 0, &c.nonce);
+    prove_with(&mut member, c.nonce.clone(), good.clone())
+        .await
+        .unwrap();
+    let replay = prove_with(&mut member, c.nonce.clone(), good)
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::PermissionDenied);
+
+    // Made for another supplier.
+    let c = challenge(&mut member).await;
+    let other_supplier = KEYS[MALLORY].public_key().node_id();
+    let message = audit::supplier_proof(&other_supplier, &bob_id, &key_id, 0, &c.nonce);
+    assert!(prove_with(&mut member, c.nonce, message).await.is_err());
+
+    // Made for another requester.
+    let c = challenge(&mut member).await;
+    let message = audit::supplier_proof(
+        &supplier,
+        &KEYS[MALLORY].public_key().node_id(),
+        &key_id,
+        0,
+        &c.nonce,
+    );
+    assert!(prove_with(&mut member, c.nonce, message).await.is_err());
+
+    // A nonce issued on another connection.
+    let mut other_connection = bob.storage(&node).await;
+    let c = challenge(&mut other_connection).await;
+    let message = audit::supplier_proof(&supplier, &bob_id, &key_id, 0, &c.nonce);
+    assert!(prove_with(&mut member, c.nonce, message).await.is_err());
+
+    // A made-up nonce.
+    let message = audit::supplier_proof(&supplier, &bob_id, &key_id, 0, &[9; 32]);
+    assert!(prove_with(&mut member, vec![9; 32], message).await.is_err());
+}
+
+#[tokio::test]
+async fn key_registrations_must_be_signed_by_the_owner() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mallory = Customer::new(MALLORY, "mallory");
+    let mut owner = alice.storage(&node).await;
+    alice.hire(&mut owner, 1 << 20).await.unwrap();
+    let mut client = mallory.storage(&node).await;
+    mallory.hire(&mut client, 1 << 20).await.unwrap();
+
+    let registration = KeyRegistration {
+        key_id: alice.key_id("photos").to_string(),
+        public_key: KEYS[OTHER_SHARE].public_key().spki_der().to_vec(),
+        epoch: 0,
+        issued_unix: 1,
+    };
+    // Signed by Mallory for Alice's location.
+    let forged = Envelope::seal_message(mallory.key, Purpose::KeyRegister, &registration).unwrap();
+    let status = client
+        .register_key(RegisterKeyRequest {
+            registration: Some(forged.to_proto()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Alice's own registration relayed by Mallory.
+    let genuine = Envelope::seal_message(alice.key, Purpose::KeyRegister, &registration).unwrap();
+    let status = client
+        .register_key(RegisterKeyRequest {
+            registration: Some(genuine.to_proto()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Signed for another purpose.
+    let wrong = Envelope::seal_message(alice.key, Purpose::Manifest, &registration).unwrap();
+    let status = owner
+        .register_key(RegisterKeyRequest {
+            registration: Some(wrong.to_proto()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Nothing was registered: a proof with the forged key earns nothing.
+    let photos = alice.location("photos");
+    assert!(
+        prove(
+            &mut client,
+            &mallory,
+            &photos,
+            &alice.key_id("photos"),
+            &KEYS[OTHER_SHARE]
+        )
+        .await
+        .is_err()
+    );
+    owner
+        .register_key(RegisterKeyRequest {
+            registration: Some(genuine.to_proto()),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn commits_check_every_staged_hash_and_unclaimed_fragments_are_collected() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 10 << 20).await.unwrap();
+    let master = alice.location("master");
+
+    put(&mut client, fragment_ref(&master, 1, 1, 0), b"block zero")
+        .await
+        .unwrap();
+    // The manifest claims other bytes for block 0.
+    let wrong = manifest(
+        alice.key_id("master"),
+        &alice,
+        alice.key,
+        1,
+        1,
+        &[b"block ZERO"],
+    );
+    let status = commit(&mut client, &alice, &master, wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("does not match"),
+        "{}",
+        status.message()
+    );
+    // The manifest claims a block that was never uploaded.
+    let missing = manifest(
+        alice.key_id("master"),
+        &alice,
+        alice.key,
+        1,
+        1,
+        &[b"block zero", b"one"],
+    );
+    let status = commit(&mut client, &alice, &master, missing)
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("block 1"), "{}", status.message());
+    assert_eq!(list(&mut client, &master).await.unwrap(), 0);
+    let err = get(&mut client, fragment_ref(&master, 1, 1, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "staged fragments are not readable"
+    );
+
+    // Nobody commits it: the collector frees it.
+    assert_eq!(alice.hire(&mut client, 10 << 20).await.unwrap(), 10);
+    let freed = tokio::time::timeout(WAIT, async {
+        while alice.hire(&mut client, 10 << 20).await.unwrap() != 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the staged fragment was never collected");
+}
+
+#[tokio::test]
+async fn quota_and_capacity_limits_refuse_cleanly() {
+    let node = Node::start_with(|c| Config {
+        capacity: bytesize::ByteSize::b(5000),
+        ..c
+    })
+    .await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mut client = alice.storage(&node).await;
+    let status = alice.hire(&mut client, 10_000).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    alice.hire(&mut client, 3000).await.unwrap();
+    let mut other = bob.storage(&node).await;
+    assert_eq!(
+        bob.hire(&mut other, 3000).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+
+    let master = alice.location("master");
+    put(&mut client, fragment_ref(&master, 1, 1, 0), &[1; 2000])
+        .await
+        .unwrap();
+    commit(
+        &mut client,
+        &alice,
+        &master,
+        manifest(
+            alice.key_id("master"),
+            &alice,
+            alice.key,
+            1,
+            1,
+            &[&[1; 2000]],
+        ),
+    )
+    .await
+    .unwrap();
+    let status = put(&mut client, fragment_ref(&master, 2, 1, 0), &[2; 1500])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("quota"), "{}", status.message());
+    // Nothing was corrupted.
+    assert_eq!(
+        get(&mut client, fragment_ref(&master, 1, 1, 0))
+            .await
+            .unwrap(),
+        vec![1; 2000]
+    );
+    assert_eq!(alice.hire(&mut client, 3000).await.unwrap(), 2000);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_invalid_argument() {
+    let node = Node::start_with(|c| Config {
+        max_fragment: bytesize::ByteSize::kib(64),
+        ..c
+    })
+    .await;
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 10 << 20).await.unwrap();
+    let master = alice.location("master");
+
+    let code = |r: Result<(), tonic::Status>| r.unwrap_err().code();
+    // A chunk before the header.
+    let chunk_first = vec![PutFragmentRequest {
+        part: Some(put_fragment_request::Part::Chunk(vec![1, 2, 3])),
+    }];
+    assert_eq!(
+        code(
+            client
+                .put_fragment(tokio_stream::iter(chunk_first))
+                .await
+                .map(|_| ())
+        ),
+        Code::InvalidArgument
+    );
+    // More bytes than declared, fewer, and a wrong hash.
+    let data = vec![5u8; 100];
+    let hash = common::crypto::sha256(&data).to_vec();
+    assert_eq!(
+        code(
+            put_raw(
+                &mut client,
+                fragment_ref(&master, 1, 1, 0),
+                50,
+                hash.clone(),
+                &data
+            )
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            put_raw(
+                &mut client,
+                fragment_ref(&master, 1, 1, 0),
+                200,
+                hash.clone(),
+                &data
+            )
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            put_raw(
+                &mut client,
+                fragment_ref(&master, 1, 1, 0),
+                100,
+                vec![0; 32],
+                &data
+            )
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            put_raw(
+                &mut client,
+                fragment_ref(&master, 1, 1, 0),
+                100,
+                vec![0; 3],
+                &data
+            )
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    // Oversized.
+    assert_eq!(
+        code(
+            put(
+                &mut client,
+                fragment_ref(&master, 1, 1, 0),
+                &vec![0; 100_000]
+            )
+            .await
+        ),
+        Code::ResourceExhausted
+    );
+    // Bad references.
+    let mut bad = fragment_ref(&master, 1, 1, 0);
+    bad.object_id = vec![1; 5];
+    assert_eq!(
+        code(get(&mut client, bad).await.map(|_| ())),
+        Code::InvalidArgument
+    );
+    let mut bad = fragment_ref(&master, 1, 1, 0);
+    bad.version = 0;
+    assert_eq!(
+        code(get(&mut client, bad).await.map(|_| ())),
+        Code::InvalidArgument
+    );
+    for (owner, alias) in [
+        ("not a user", "master"),
+        (alice.user.to_string().as_str(), "../x"),
+        ("", ""),
+    ] {
+        let location = Location {
+            owner: owner.into(),
+            alias: alias.into(),
+        };
+        assert_eq!(
+            code(list(&mut client, &location).await.map(|_| ())),
+            Code::InvalidArgument
+        );
+    }
+    assert_eq!(
+        code(
+            client
+                .list_manifests(ListManifestsRequest {
+                    location: Some(master.clone()),
+                    page_token: vec![1, 2, 3],
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            client
+                .commit_manifest(CommitManifestRequest {
+                    location: Some(master.clone()),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        ),
+        Code::InvalidArgument
+    );
+    let garbage = proto::storage::v1::SignedManifest {
+        body: vec![0xff; 40],
+        location_signature: vec![1; 256],
+        writer_signature: vec![2; 256],
+    };
+    assert_eq!(
+        code(commit(&mut client, &alice, &master, garbage).await),
+        Code::InvalidArgument
+    );
+    // The supplier still works.
+    put(&mut client, fragment_ref(&master, 1, 1, 0), b"fine")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn owner_and_member_subscribers_hear_commits_and_deletes() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mut owner = alice.storage(&node).await;
+    alice.hire(&mut owner, 10 << 20).await.unwrap();
+    register_share(&alice, &mut owner, "photos", &KEYS[SHARE]).await;
+    let photos = alice.location("photos");
+    let mut member = bob.storage(&node).await;
+    prove(
+        &mut member,
+        &bob,
+        &photos,
+        &alice.key_id("photos"),
+        &KEYS[SHARE],
+    )
+    .await
+    .unwrap();
+
+    let subscribe = |client: &mut StorageClient<Channel>| {
+        let mut client = client.clone();
+        let photos = photos.clone();
+        async move {
+            client
+                .subscribe(SubscribeRequest {
+                    location: Some(photos),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut owner_events = subscribe(&mut owner).await;
+    let mut member_events = subscribe(&mut member).await;
+
+    put(&mut member, fragment_ref(&photos, 4, 1, 0), b"hello")
+        .await
+        .unwrap();
+    let signed = manifest(
+        alice.key_id("photos"),
+        &bob,
+        &KEYS[SHARE],
+        4,
+        1,
+        &[b"hello"],
+    );
+    commit(&mut member, &bob, &photos, signed).await.unwrap();
+    for events in [&mut owner_events, &mut member_events] {
+        let event = tokio::time::timeout(Duration::from_secs(1), events.message())
+            .await
+            .expect("event within a second")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.kind(), EventKind::Commit);
+        assert_eq!(event.object_id, vec![4; 32]);
+        assert_eq!(event.version, 1);
+    }
+    owner
+        .delete(DeleteRequest {
+            location: Some(photos.clone()),
+            object_id: vec![4; 32],
+            version: 1,
+        })
+        .await
+        .unwrap();
+    for events in [&mut owner_events, &mut member_events] {
+        let event = tokio::time::timeout(Duration::from_secs(1), events.message())
+            .await
+            .expect("event within a second")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.kind(), EventKind::Delete);
+    }
+}
+
+#[tokio::test]
+async fn mailboxes_deliver_to_the_recipient_only() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mallory = Customer::new(MALLORY, "mallory");
+    let mut storage = bob.storage(&node).await;
+    bob.hire(&mut storage, 1 << 20).await.unwrap();
+
+    let message = Envelope::seal(alice.key, Purpose::Message, b"sealed grant".to_vec()).unwrap();
+    let mut from_alice = MailboxClient::new(alice.channel(&node).await);
+    from_alice
+        .post(PostRequest {
+            recipient: bob.user.to_string(),
+            message: Some(message.to_proto()),
+        })
+        .await
+        .unwrap();
+    // Unknown recipients and oversized messages are refused.
+    let status = from_alice
+        .post(PostRequest {
+            recipient: "carol@id-test".into(),
+            message: Some(message.to_proto()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let huge = Envelope::seal(alice.key, Purpose::Message, vec![0; 100_000]).unwrap();
+    let status = from_alice
+        .post(PostRequest {
+            recipient: bob.user.to_string(),
+            message: Some(huge.to_proto()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+
+    // Mallory's mailbox is hers, not Bob's.
+    let mut as_mallory = MailboxClient::new(mallory.channel(&node).await);
+    let fetched = as_mallory
+        .fetch(FetchRequest { max_messages: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fetched.messages.is_empty());
+
+    let mut as_bob = MailboxClient::new(bob.channel(&node).await);
+    let fetched = as_bob
+        .fetch(FetchRequest { max_messages: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.messages.len(), 1);
+    let received = &fetched.messages[0];
+    assert_eq!(
+        received.sender_node_id,
+        alice.key.public_key().node_id().as_bytes().to_vec()
+    );
+    let envelope = Envelope::from_proto(received.message.clone().unwrap(), 1 << 16).unwrap();
+    assert_eq!(
+        envelope
+            .open(alice.key.public_key(), Purpose::Message)
+            .unwrap(),
+        b"sealed grant"
+    );
+
+    // Mallory cannot ack Bob's message away; Bob can.
+    as_mallory
+        .ack(AckRequest {
+            message_ids: vec![received.message_id.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        as_bob
+            .fetch(FetchRequest { max_messages: 10 })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages
+            .len(),
+        1
+    );
+    as_bob
+        .ack(AckRequest {
+            message_ids: vec![received.message_id.clone()],
+        })
+        .await
+        .unwrap();
+    assert!(
+        as_bob
+            .fetch(FetchRequest { max_messages: 10 })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_health_answer() {
+    let node = Node::start_with(|c| Config {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..c
+    })
+    .await;
+    let alice = Customer::new(ALICE, "alice");
+    let mallory = Customer::new(MALLORY, "mallory");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 1 << 20).await.unwrap();
+    let master = alice.location("master");
+    put(&mut client, fragment_ref(&master, 1, 1, 0), b"abc")
+        .await
+        .unwrap();
+    commit(
+        &mut client,
+        &alice,
+        &master,
+        manifest(alice.key_id("master"), &alice, alice.key, 1, 1, &[b"abc"]),
+    )
+    .await
+    .unwrap();
+    let mut stranger = mallory.storage(&node).await;
+    assert!(list(&mut stranger, &master).await.is_err());
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(alice.channel(&node).await);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "silt.storage.v1.Storage".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    let addr = node.supplier.metrics_addr().unwrap();
+    let text = http_get(addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for needle in [
+        "silt_supplier_requests_total{method=\"CommitManifest\",code=\"Ok\"} 1",
+        "silt_supplier_requests_total{method=\"ListManifests\",code=\"PermissionDenied\"} 1",
+        "silt_supplier_auth_failures_total 1",
+        "silt_supplier_stored_bytes 3",
+        "silt_supplier_fragments 1",
+        "silt_supplier_subscriptions 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    text
+}
+
+#[tokio::test]
+async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    supplier::init_data_dir(dir.path(), 2048).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_silt-supplier"))
+        .args([
+            "run",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The node logs its bound address; read it from stderr, and keep
+    // draining stderr so the node never blocks on a full pipe.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("supplier listening")
+                && let Some(rest) = line.split("addr=").nth(1)
+                && let Some(addr) = rest.split_whitespace().next()
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(WAIT)
+        .expect("the supplier never said where it listens");
+
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = StorageClient::new(alice.dialer.connect(&addr, None).await.unwrap().channel);
+    alice.hire(&mut client, 10 << 20).await.unwrap();
+    let master = alice.location("master");
+    // Block 0 of a two-block version is staged; then the process dies.
+    put(&mut client, fragment_ref(&master, 1, 1, 0), b"first block")
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let node = Supplier::spawn(Config::for_tests(dir.path()))
+        .await
+        .unwrap();
+    let restarted = Node {
+        supplier: node,
+        dir,
+    };
+    let mut client = alice.storage(&restarted).await;
+    assert_eq!(list(&mut client, &master).await.unwrap(), 0);
+    assert_eq!(
+        get(&mut client, fragment_ref(&master, 1, 1, 0))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
