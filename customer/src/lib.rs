@@ -3,12 +3,14 @@
 //!
 //! - [`home`]: the home directory: config, identity, keystore, pins, state.
 //! - [`idserver`]: publishing and fetching identity documents.
+//! - [`pipeline`]: the data path: object IDs, block sealing, erasure coding, streaming.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod home;
 pub mod idserver;
+pub mod pipeline;
 
 use std::sync::Arc;
 
