@@ -13,7 +13,13 @@ pub const NONCE_LEN: usize = 32;
 
 /// What a member signs to prove to a supplier that it holds a location's
 /// key: supplier ID, requester ID, key ID, epoch and the supplier's nonce.
-pub fn supplier_proof(supplier: &NodeId, requester: &NodeId, key_id: &KeyId, epoch: u64, nonce: &[u8]) -> Vec<u8> {
+pub fn supplier_proof(
+    supplier: &NodeId,
+    requester: &NodeId,
+    key_id: &KeyId,
+    epoch: u64,
+    nonce: &[u8],
+) -> Vec<u8> {
     let key_id = key_id.to_string();
     let mut message = Vec::with_capacity(32 + 32 + 4 + key_id.len() + 8 + 4 + nonce.len());
     message.extend_from_slice(b"supplier-grant");

@@ -373,6 +373,20 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(wire) = proto::storage::v1::Manifest::decode(bytes.as_slice()) {
+                let _ = Manifest::try_from(wire);
+            }
+            if let Ok(wire) = proto::storage::v1::SignedManifest::decode(bytes.as_slice())
+                && let Ok(signed) = SignedManifest::from_proto(wire)
+            {
+                proptest::prop_assert!(signed.verify(SHARE.public_key(), WRITER.public_key()).is_err());
+            }
+        }
+    }
+
     #[test]
     fn inconsistent_manifests_are_refused() {
         let mut bad = manifest();

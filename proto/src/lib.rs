@@ -6,6 +6,10 @@
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 
+/// The codec of every generated client and server.
+#[cfg(feature = "grpc")]
+pub mod codec;
+
 /// `silt.common.v1`: envelopes, locations, sealed messages.
 pub mod common {
     /// Version 1.

@@ -212,13 +212,9 @@ impl Supplier {
         };
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(
-                StorageServer::new(storage)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
-            )
-            .add_service(MailboxServer::new(mailbox))
-            .add_optional_service(identity);
+            .add_service(StorageServer::new(storage).max_decoding_message_size(TRANSPORT_LIMIT))
+            .add_service(MailboxServer::new(mailbox).max_decoding_message_size(TRANSPORT_LIMIT))
+            .add_optional_service(identity.map(|s| s.max_decoding_message_size(TRANSPORT_LIMIT)));
 
         workers.push(spawn_collector(
             store.clone(),
@@ -305,8 +301,9 @@ impl Drop for Supplier {
     }
 }
 
-/// Largest gRPC message on the storage service (manifests of very large files).
-const MAX_MESSAGE: usize = 20 << 20;
+/// What the transport accepts; `proto::codec` refuses anything over its
+/// (slightly lower) limit with `RESOURCE_EXHAUSTED`.
+const TRANSPORT_LIMIT: usize = proto::codec::TRANSPORT_MESSAGE_BYTES;
 
 /// Deletes staged fragments older than `ttl` every `interval`, and keeps the
 /// usage gauges fresh.

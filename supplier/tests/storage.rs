@@ -1279,3 +1279,105 @@ async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
         Code::NotFound
     );
 }
+
+/// Sends raw bytes as the request of a unary method.
+#[derive(Debug, Default, Clone)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn undecodable_and_oversized_messages_get_clear_codes() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let channel = alice.channel(&node).await;
+    let call = |bytes: Vec<u8>, path: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20);
+            grpc.ready().await.unwrap();
+            grpc.unary(
+                tonic::Request::new(bytes),
+                http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+        }
+    };
+    for path in [
+        "/silt.storage.v1.Storage/ListManifests",
+        "/silt.storage.v1.Storage/Hire",
+        "/silt.identity.v1.Identity/Publish",
+        "/silt.mailbox.v1.Mailbox/Post",
+    ] {
+        // A field header with a length running past the end.
+        let status = call(vec![0x0a, 0xff, 0xff, 0x03, 1, 2], path)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+    }
+    let status = call(
+        vec![0; 20 << 20 | 1],
+        "/silt.storage.v1.Storage/ListManifests",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Arbitrary bytes never take the node down.
+    let mut seed = 7u64;
+    for _ in 0..200 {
+        let len = (seed % 300) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407 + i as u64);
+                (seed >> 33) as u8
+            })
+            .collect();
+        let _ = call(bytes, "/silt.storage.v1.Storage/CommitManifest").await;
+    }
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 1 << 20).await.unwrap();
+}
