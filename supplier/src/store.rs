@@ -269,6 +269,27 @@ pub mod keys {
 const SCHEMA_KEY: &[u8] = b"schema";
 const SCHEMA_VERSION: &[u8] = b"1";
 
+/// A raw key and value from a scan.
+type RawEntry = (Box<[u8]>, Box<[u8]>);
+
+/// A page of manifests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Encoded signed manifests, in key order.
+    pub manifests: Vec<Vec<u8>>,
+    /// The key of the last manifest returned, to resume after.
+    pub last: Option<Vec<u8>>,
+}
+
+/// A message waiting in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEntry {
+    /// Its key, which is also its ID.
+    pub key: Vec<u8>,
+    /// The encoded `MailboxMessage`.
+    pub message: Vec<u8>,
+}
+
 /// A commit the store should make atomically.
 #[derive(Debug)]
 pub struct Commit {
@@ -410,8 +431,7 @@ impl Store {
         cf: Cf,
         prefix: &[u8],
         start: Option<&[u8]>,
-    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + '_, StoreError>
-    {
+    ) -> Result<impl Iterator<Item = Result<RawEntry, StoreError>> + '_, StoreError> {
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
@@ -834,7 +854,7 @@ impl Store {
         object_id: Option<&[u8; 32]>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), StoreError> {
+    ) -> Result<Page, StoreError> {
         let prefix = match object_id {
             Some(object_id) => keys::object(location, object_id),
             None => location.to_vec(),
@@ -855,7 +875,10 @@ impl Store {
                 break;
             }
         }
-        Ok((out, last))
+        Ok(Page {
+            manifests: out,
+            last,
+        })
     }
 
     /// Deletes staged fragments older than `staged_before` (Unix seconds)
@@ -909,11 +932,14 @@ impl Store {
         &self,
         recipient: &NodeId,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.scan(Cf::Mailbox, recipient.as_bytes(), None)? {
             let (key, value) = item?;
-            out.push((key.into_vec(), value.into_vec()));
+            out.push(MailboxEntry {
+                key: key.into_vec(),
+                message: value.into_vec(),
+            });
             if out.len() >= limit {
                 break;
             }
@@ -928,7 +954,7 @@ impl Store {
         recipient: &NodeId,
         key: &[u8],
         message: &[u8],
-        admit: impl FnOnce(&[(Vec<u8>, Vec<u8>)]) -> Result<(), E>,
+        admit: impl FnOnce(&[MailboxEntry]) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
         let _guard = self.lock();
         let current = self.mailbox(recipient, usize::MAX)?;
@@ -1062,16 +1088,13 @@ mod tests {
         );
 
         assert_eq!(store.fragment(&a).unwrap().unwrap(), vec![1; 300]);
-        let (manifests, last) = store.manifests(&location, None, None, 10).unwrap();
-        assert_eq!(manifests, vec![b"manifest-1".to_vec()]);
-        assert!(last.is_some());
-        assert!(
-            store
-                .manifests(&location, None, last.as_deref(), 10)
-                .unwrap()
-                .0
-                .is_empty()
-        );
+        let page = store.manifests(&location, None, None, 10).unwrap();
+        assert_eq!(page.manifests, vec![b"manifest-1".to_vec()]);
+        assert!(page.last.is_some());
+        let next = store
+            .manifests(&location, None, page.last.as_deref(), 10)
+            .unwrap();
+        assert!(next.manifests.is_empty());
 
         let removed = store.delete(&owner, &location, &object, None).unwrap();
         assert_eq!(
@@ -1113,8 +1136,8 @@ mod tests {
                 assert_eq!(removed.versions, vec![version - 3]);
             }
         }
-        let (manifests, _) = store.manifests(&location, Some(&object), None, 10).unwrap();
-        assert_eq!(manifests, vec![vec![3], vec![4], vec![5]]);
+        let page = store.manifests(&location, Some(&object), None, 10).unwrap();
+        assert_eq!(page.manifests, vec![vec![3], vec![4], vec![5]]);
         assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 30);
     }
 

@@ -109,7 +109,7 @@ impl MailboxService {
                 let size = bytes.len();
                 store
                     .post(&node, &key, &bytes, |current| {
-                        let total: usize = current.iter().map(|(_, v)| v.len()).sum();
+                        let total: usize = current.iter().map(|e| e.message.len()).sum();
                         if current.len() >= limits.max_messages || total + size > limits.max_bytes {
                             return Err(Status::resource_exhausted(format!(
                                 "the mailbox of {user} is full"
@@ -117,8 +117,8 @@ impl MailboxService {
                         }
                         let from_sender = current
                             .iter()
-                            .filter(|(_, v)| {
-                                MailboxMessage::decode(v.as_slice())
+                            .filter(|e| {
+                                MailboxMessage::decode(e.message.as_slice())
                                     .is_ok_and(|m| m.sender_node_id == sender.as_bytes())
                             })
                             .count();
@@ -153,7 +153,7 @@ impl MailboxService {
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(|(_, bytes)| MailboxMessage::decode(bytes.as_slice()))
+            .map(|entry| MailboxMessage::decode(entry.message.as_slice()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Status::data_loss("a stored message is damaged"))?;
         Ok(FetchResponse { messages })

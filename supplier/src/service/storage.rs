@@ -813,11 +813,13 @@ impl StorageService {
             n => n.min(MAX_PAGE),
         } as usize;
         let key = location.key.clone();
-        let (manifests, last) = self
+        let page = self
             .run(move |store| store.manifests(&key, object.as_ref(), after.as_deref(), limit))
             .await?;
-        let full_page = manifests.len() == limit;
-        let manifests = manifests
+        let full_page = page.manifests.len() == limit;
+        let last = page.last;
+        let manifests = page
+            .manifests
             .into_iter()
             .map(|bytes| {
                 proto::storage::v1::SignedManifest::decode(bytes.as_slice())
