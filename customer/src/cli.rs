@@ -1,8 +1,10 @@
 //! The `silt` command line: definitions, dispatch, output and passphrases.
 
+mod files;
 mod identity;
 mod init;
 mod key;
+mod suppliers;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,6 +43,34 @@ enum Command {
     /// Create, list, delete, export and import keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Hire suppliers and see how they are.
+    #[command(subcommand)]
+    Suppliers(suppliers::SuppliersCommand),
+    /// Upload a file or directory: LOCAL [REMOTE], REMOTE being
+    /// [KEY_ID:]PATH (default: your master location, the file's name).
+    Put {
+        /// Local file or directory.
+        local: PathBuf,
+        /// Remote path.
+        remote: Option<String>,
+    },
+    /// Download a file or directory: REMOTE [LOCAL]; PATH#N fetches version N.
+    Get {
+        /// Remote path.
+        remote: String,
+        /// Local file or directory.
+        local: Option<PathBuf>,
+    },
+    /// List the files of a location: [KEY_ID:][PATH].
+    Ls {
+        /// Location or directory.
+        location: Option<String>,
+    },
+    /// Remove a file (every version, or PATH#N).
+    Rm {
+        /// Remote path.
+        remote: String,
+    },
 }
 
 /// Global options every command sees.
@@ -110,6 +140,11 @@ impl Output {
         }
     }
 
+    /// Whether output is for machines (no progress bars).
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.json
+    }
+
     /// A warning for a person; silent with `--json` (the JSON says it).
     pub(crate) fn warn(&self, text: impl std::fmt::Display) {
         if !self.json {
@@ -140,10 +175,11 @@ pub(crate) fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let text = error_text(&e);
             if json {
-                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+                println!("{}", serde_json::json!({ "error": text }));
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {text}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -165,7 +201,36 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init::run(&ctx, args).await,
         Command::Identity(command) => identity::run(&ctx, command).await,
         Command::Key(command) => key::run(&ctx, command),
+        Command::Suppliers(command) => suppliers::run(&ctx, command).await,
+        Command::Put { local, remote } => files::put(&ctx, local, remote).await,
+        Command::Get { remote, local } => files::get(&ctx, remote, local).await,
+        Command::Ls { location } => files::ls(&ctx, location).await,
+        Command::Rm { remote } => files::rm(&ctx, remote).await,
     }
+}
+
+/// An error and its causes on one line, leaving out causes whose text the
+/// outer message already includes.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Opens a session: the home's master key (asking for its passphrase if it
+/// is protected), identity and suppliers.
+pub(crate) fn session(ctx: &Ctx) -> Result<customer::session::Session> {
+    let master = identity::master_key(ctx)?;
+    Ok(customer::session::Session::open(ctx.home.clone(), master)?)
 }
 
 /// Seconds since the epoch as an RFC 3339 date.

@@ -11,6 +11,10 @@
 pub mod home;
 pub mod idserver;
 pub mod pipeline;
+pub mod remote;
+pub mod session;
+pub mod suppliers;
+pub mod transfer;
 
 use std::sync::Arc;
 

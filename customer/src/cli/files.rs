@@ -1,0 +1,310 @@
+//! `silt put`, `get`, `ls` and `rm`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use common::manifest::ObjectId;
+use customer::pipeline::NormalPath;
+use customer::remote::RemotePath;
+use customer::session::Session;
+use customer::transfer::{Progress, catalog, next_versions};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::Ctx;
+
+/// A progress bar on a terminal, nothing otherwise.
+fn progress(ctx: &Ctx, total: u64, label: &str) -> (Progress, Option<ProgressBar>) {
+    if ctx.out.is_quiet() || !std::io::stderr().is_terminal() {
+        return (Arc::new(|_| {}), None);
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_owned());
+    let handle = bar.clone();
+    (Arc::new(move |n| handle.inc(n)), Some(bar))
+}
+
+/// Files under `local` (itself if a file), with their paths relative to it.
+fn walk(local: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let meta =
+        std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?;
+    if meta.is_file() {
+        return Ok(vec![(local.to_owned(), String::new())]);
+    }
+    if !meta.is_dir() {
+        bail!("{} is neither a file nor a directory", local.display());
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(local.to_owned(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push((entry.path(), rel));
+            } else if kind.is_file() {
+                out.push((entry.path(), rel));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Result<()> {
+    let session = super::session(ctx)?;
+    let me = session.user().clone();
+    let files = walk(&local)?;
+    let default_name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("give the remote path explicitly")?;
+    let target = RemotePath::parse(remote.as_deref().unwrap_or(&default_name), &me)?;
+    if target.version.is_some() {
+        bail!("a version is chosen by the upload; drop the #N");
+    }
+    let base = if target.path.is_empty() {
+        default_name
+    } else {
+        target.path.clone()
+    };
+    let keys = session.location_keys(&target.location)?;
+    if let Err(e) = session.ensure_published().await {
+        ctx.out
+            .warn(format_args!("could not publish your identity: {e}"));
+    }
+    session.register_location(&keys).await?;
+    let (existing, _) = session.versions(&keys, None).await?;
+    let next = next_versions(&existing);
+    let total: u64 = files
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let (report, bar) = progress(ctx, total, "put");
+    let mut done = Vec::new();
+    for (path, rel) in &files {
+        let remote_path = if rel.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}/{rel}")
+        };
+        let normal = NormalPath::new(&remote_path)?;
+        let object: ObjectId = keys.object_key.object_id(&normal);
+        let version = next.get(&object).copied().unwrap_or(1);
+        let uploaded = session
+            .upload(&keys, path, &normal, version, report.clone())
+            .await
+            .with_context(|| format!("cannot upload {}", path.display()))?;
+        done.push(json!({ "path": normal.to_string(), "version": uploaded.version, "size": uploaded.size }));
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let human = if done.len() == 1 {
+        format!(
+            "stored {} ({total} bytes) as version {}",
+            done[0]["path"].as_str().unwrap_or(""),
+            done[0]["version"]
+        )
+    } else {
+        format!("stored {} files ({total} bytes) under {base}", done.len())
+    };
+    ctx.out.print(
+        human,
+        json!({ "location": keys.key_id.to_string(), "files": done }),
+    );
+    Ok(())
+}
+
+pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Result<()> {
+    let session = super::session(ctx)?;
+    let target = RemotePath::parse(&remote, session.user())?;
+    let keys = session.location_keys(&target.location)?;
+    // One object, if the path names one; otherwise a directory prefix.
+    let single = if target.path.is_empty() {
+        None
+    } else {
+        let normal = target.normal()?;
+        let object = keys.object_key.object_id(&normal);
+        let (versions, unreachable) = session.versions(&keys, Some(object)).await?;
+        let chosen = match target.version {
+            Some(v) => versions.get(&(object, v)).cloned(),
+            None => versions
+                .values()
+                .max_by_key(|v| v.manifest.version)
+                .cloned(),
+        };
+        match (chosen, target.version) {
+            (Some(version), _) => Some((normal, version, unreachable)),
+            (None, Some(v)) if !versions.is_empty() => {
+                bail!(
+                    "{} has no version {v} (versions: {:?})",
+                    target.path,
+                    versions.keys().map(|k| k.1).collect::<Vec<_>>()
+                )
+            }
+            _ => None,
+        }
+    };
+    if let Some((normal, version, unreachable)) = single {
+        let name = normal
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or(normal.as_str())
+            .to_owned();
+        let dest = match local {
+            Some(path) if path.is_dir() => path.join(&name),
+            Some(path) => path,
+            None => PathBuf::from(&name),
+        };
+        let data = u64::from(version.manifest.scheme.data);
+        let size = version
+            .manifest
+            .blocks
+            .iter()
+            .map(|b| b.fragment_size * data)
+            .sum::<u64>();
+        let (report, bar) = progress(ctx, size, "get");
+        let metadata = session
+            .download(&keys, &version, &dest, &unreachable, report)
+            .await
+            .with_context(|| format!("cannot download {remote}"))?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        ctx.out.print(
+            format!("wrote {} ({} bytes, version {})", dest.display(), metadata.size, version.manifest.version),
+            json!({ "path": normal.to_string(), "file": dest.display().to_string(), "size": metadata.size, "version": version.manifest.version }),
+        );
+        return Ok(());
+    }
+    if target.version.is_some() {
+        bail!("no file {}", target.path);
+    }
+    let (versions, unreachable) = session.versions(&keys, None).await?;
+    let entries = catalog(&keys, &versions)?;
+    let prefix = if target.path.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", target.path)
+    };
+    let chosen: Vec<_> = entries
+        .iter()
+        .filter(|e| e.path.starts_with(&prefix))
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "no file or directory {}",
+            if target.path.is_empty() {
+                "in this location"
+            } else {
+                &target.path
+            }
+        );
+    }
+    let root = local.unwrap_or_else(|| {
+        PathBuf::from(
+            target
+                .path
+                .rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("."),
+        )
+    });
+    let total: u64 = chosen.iter().map(|e| e.size).sum();
+    let (report, bar) = progress(ctx, total, "get");
+    let mut written = Vec::new();
+    for entry in chosen {
+        let normal = NormalPath::new(&entry.path)?;
+        let object = keys.object_key.object_id(&normal);
+        let Some(version) = versions.get(&(object, entry.version)) else {
+            continue;
+        };
+        let rel = &entry.path[prefix.len()..];
+        let dest = root.join(rel);
+        session
+            .download(&keys, version, &dest, &unreachable, report.clone())
+            .await
+            .with_context(|| format!("cannot download {}", entry.path))?;
+        written.push(
+            json!({ "path": entry.path, "file": dest.display().to_string(), "size": entry.size }),
+        );
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    ctx.out.print(
+        format!(
+            "wrote {} files ({total} bytes) to {}",
+            written.len(),
+            root.display()
+        ),
+        json!({ "files": written }),
+    );
+    Ok(())
+}
+
+pub(crate) async fn ls(ctx: &Ctx, location: Option<String>) -> Result<()> {
+    let session = super::session(ctx)?;
+    let target = RemotePath::parse(location.as_deref().unwrap_or(""), session.user())?;
+    let keys = session.location_keys(&target.location)?;
+    let (versions, unreachable) = session.versions(&keys, None).await?;
+    if !unreachable.is_empty() {
+        ctx.out.warn(format_args!(
+            "supplier positions {unreachable:?} did not answer; the list may be incomplete"
+        ));
+    }
+    let prefix = target.path.clone();
+    let entries: Vec<_> = catalog(&keys, &versions)?
+        .into_iter()
+        .filter(|e| {
+            prefix.is_empty() || e.path == prefix || e.path.starts_with(&format!("{prefix}/"))
+        })
+        .collect();
+    let mut human = String::new();
+    for entry in &entries {
+        human.push_str(&format!(
+            "{:>12}  {}  v{:<3} {}\n",
+            entry.size,
+            super::date(entry.mtime_unix),
+            entry.version,
+            entry.path
+        ));
+    }
+    if entries.is_empty() {
+        human.push_str("(empty)\n");
+    }
+    ctx.out.print(human.trim_end(), json!({ "location": keys.key_id.to_string(), "files": entries, "unreachable": unreachable }));
+    Ok(())
+}
+
+pub(crate) async fn rm(ctx: &Ctx, remote: String) -> Result<()> {
+    let session: Session = super::session(ctx)?;
+    let target = RemotePath::parse(&remote, session.user())?;
+    let keys = session.location_keys(&target.location)?;
+    let normal = target.normal()?;
+    session.remove(&keys, &normal, target.version).await?;
+    ctx.out.print(
+        format!("removed {target}"),
+        json!({ "removed": normal.to_string(), "version": target.version }),
+    );
+    Ok(())
+}

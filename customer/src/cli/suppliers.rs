@@ -1,0 +1,156 @@
+//! `silt suppliers`: hire suppliers and see how they are.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bytesize::ByteSize;
+use clap::Subcommand;
+use customer::pipeline::{default_scheme, parse_scheme};
+use customer::session::{CALL_TIMEOUT, Session};
+use customer::suppliers::SupplierSet;
+use proto::storage::v1::OfferRequest;
+use serde_json::json;
+
+use super::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SuppliersCommand {
+    /// Hire suppliers: one per position, in the order given.
+    Hire {
+        /// A supplier's HOST:PORT (repeatable; DNS names work).
+        #[arg(long = "supplier")]
+        suppliers: Vec<String>,
+        /// How many suppliers to find through the DHT.
+        #[arg(long)]
+        count: Option<u32>,
+        /// Erasure scheme k+m (default: by supplier count: 2 → 1+1, 4 → 2+2, 6 → 4+2, 8 → 5+3).
+        #[arg(long)]
+        ecc: Option<String>,
+        /// Storage to ask each supplier for.
+        #[arg(long, default_value = "1 GiB")]
+        quota: ByteSize,
+    },
+    /// List the hired suppliers and whether they answer.
+    List,
+}
+
+pub(crate) async fn run(ctx: &Ctx, command: SuppliersCommand) -> Result<()> {
+    match command {
+        SuppliersCommand::Hire {
+            suppliers,
+            count,
+            ecc,
+            quota,
+        } => hire(ctx, suppliers, count, ecc, quota).await,
+        SuppliersCommand::List => list(ctx).await,
+    }
+}
+
+async fn hire(
+    ctx: &Ctx,
+    addrs: Vec<String>,
+    count: Option<u32>,
+    ecc: Option<String>,
+    quota: ByteSize,
+) -> Result<()> {
+    if addrs.is_empty() {
+        if count.is_some() {
+            bail!(
+                "finding suppliers through the DHT is not available yet; name them with --supplier HOST:PORT"
+            );
+        }
+        bail!("name the suppliers to hire with --supplier HOST:PORT (repeatable)");
+    }
+    if let Some(count) = count
+        && count as usize != addrs.len()
+    {
+        bail!(
+            "--count {count} does not match the {} suppliers given",
+            addrs.len()
+        );
+    }
+    if SupplierSet::load(ctx.home.dir())?.is_some() {
+        bail!("suppliers are already hired (see `silt suppliers list`)");
+    }
+    let n = u32::try_from(addrs.len())?;
+    let scheme = match &ecc {
+        Some(text) => parse_scheme(text, n)?,
+        None => default_scheme(n)?,
+    };
+    let session = super::session(ctx)?;
+    if let Err(e) = session.ensure_published().await {
+        ctx.out
+            .warn(format_args!("could not publish your identity: {e}"));
+    }
+    let entries = session.hire(&addrs, quota.as_u64()).await?;
+    let set = SupplierSet {
+        data: scheme.data,
+        parity: scheme.parity,
+        suppliers: entries,
+    };
+    set.save(ctx.home.dir())?;
+    let mut human = format!(
+        "hired {} suppliers, scheme {scheme}, {quota} each\n",
+        set.suppliers.len()
+    );
+    for entry in &set.suppliers {
+        human.push_str(&format!(
+            "  position {}: {} ({})\n",
+            entry.position,
+            entry.addr,
+            entry.node_id.fmt_short()
+        ));
+    }
+    ctx.out.print(
+        human.trim_end(),
+        json!({
+            "scheme": scheme.to_string(),
+            "quota_bytes": quota.as_u64(),
+            "suppliers": set.suppliers,
+        }),
+    );
+    Ok(())
+}
+
+async fn list(ctx: &Ctx) -> Result<()> {
+    let session = super::session(ctx)?;
+    let set = session.suppliers()?.clone();
+    let mut rows = Vec::new();
+    let mut human = format!("scheme {}\n", set.scheme());
+    for entry in &set.suppliers {
+        let started = Instant::now();
+        let health = probe(&session, entry.position).await;
+        let latency = started.elapsed();
+        let (status, detail) = match &health {
+            Ok(available) => ("online", format!("{} free", ByteSize::b(*available))),
+            Err(e) => ("offline", e.to_string()),
+        };
+        human.push_str(&format!(
+            "  position {}: {} ({}) {status}, {} ms, {detail}\n",
+            entry.position,
+            entry.addr,
+            entry.node_id.fmt_short(),
+            latency.as_millis()
+        ));
+        rows.push(json!({
+            "position": entry.position,
+            "addr": entry.addr,
+            "node_id": entry.node_id.to_string(),
+            "online": health.is_ok(),
+            "latency_ms": latency.as_millis() as u64,
+            "detail": detail,
+        }));
+    }
+    ctx.out.print(
+        human.trim_end(),
+        json!({ "scheme": set.scheme().to_string(), "suppliers": rows }),
+    );
+    Ok(())
+}
+
+async fn probe(session: &Session, position: u32) -> Result<u64> {
+    let mut client = session.client(position).await?;
+    let mut request = tonic::Request::new(OfferRequest { requested_bytes: 0 });
+    request.set_timeout(CALL_TIMEOUT.min(Duration::from_secs(5)));
+    Ok(client.offer(request).await?.into_inner().available_bytes)
+}

@@ -1,0 +1,816 @@
+//! Files to suppliers and back: upload, download, listing and removal.
+//!
+//! Uploads read the file block by block on a blocking thread, seal and
+//! erasure-code each block, and send every position's fragment to its
+//! supplier, with a few blocks in flight; then every supplier commits the
+//! manifest. Downloads fetch any `k` fragments of each block, preferring
+//! data positions, fetch more when one is missing or corrupt, and write the
+//! blocks in order to a temporary file that is renamed into place only when
+//! the whole file checked out. Memory use is bounded by the blocks in flight,
+//! whatever the file size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::id::UserId;
+use common::manifest::{Manifest, ObjectId, SignedManifest};
+use proto::common::v1::Location;
+use proto::storage::v1::{
+    CommitManifestRequest, DeleteRequest, FragmentHeader, FragmentRef, GetFragmentRequest,
+    ListManifestsRequest, PutFragmentRequest, get_fragment_response, put_fragment_request,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::pipeline::{
+    DEFAULT_BLOCK_SIZE, Decoder, EncodeParams, EncodedBlock, Encoder, FileMetadata, NormalPath,
+    PipelineError, VersionRef,
+};
+use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
+
+/// Blocks uploaded or downloaded at once.
+const BLOCKS_IN_FLIGHT: usize = 4;
+/// Bytes per `PutFragment` chunk message.
+const CHUNK: usize = 1 << 20;
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// A session-level failure (suppliers, keys).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Nothing is stored under this path.
+    #[error("no file {0}")]
+    NotFound(String),
+    /// Some positions could not be reached, so too few fragments remain.
+    #[error("cannot read {path}; unreachable supplier positions: {unreachable:?}")]
+    Unavailable {
+        /// The file.
+        path: String,
+        /// Positions that did not answer.
+        unreachable: Vec<u32>,
+        /// The pipeline's account of the block.
+        #[source]
+        source: PipelineError,
+    },
+    /// Some suppliers did not commit.
+    #[error(
+        "version {version} of {path} was committed on {committed} of {total} suppliers; failed: {failures}"
+    )]
+    PartialCommit {
+        /// The file.
+        path: String,
+        /// The version.
+        version: u64,
+        /// How many committed.
+        committed: usize,
+        /// How many there are.
+        total: usize,
+        /// Which failed and why.
+        failures: String,
+    },
+    /// Some suppliers did not delete.
+    #[error("{path} was removed on {removed} of {total} suppliers; failed: {failures}")]
+    PartialRemove {
+        /// The file.
+        path: String,
+        /// How many removed it.
+        removed: usize,
+        /// How many there are.
+        total: usize,
+        /// Which failed and why.
+        failures: String,
+    },
+    /// Only the owner may delete.
+    #[error("only the owner of {0} may delete in it")]
+    NotOwner(String),
+    /// A manifest from a supplier did not verify.
+    #[error("a manifest from supplier position {position} is invalid: {reason}")]
+    BadManifest {
+        /// The supplier.
+        position: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+    move |source| TransferError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A verified version of an object.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The manifest, signatures checked.
+    pub manifest: Manifest,
+    /// The signed form, as committed.
+    pub signed: SignedManifest,
+    /// Positions that hold it.
+    pub positions: Vec<u32>,
+}
+
+/// A file in a catalog listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// Its path.
+    pub path: String,
+    /// Size of the newest version.
+    pub size: u64,
+    /// Modification time of the newest version.
+    pub mtime_unix: i64,
+    /// The newest version.
+    pub version: u64,
+    /// Every version held.
+    pub versions: Vec<u64>,
+    /// When the newest version was made.
+    pub created_unix: i64,
+    /// Who wrote the newest version.
+    pub writer: String,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The version made.
+    pub version: u64,
+    /// Plaintext bytes.
+    pub size: u64,
+}
+
+/// Reports bytes done.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+fn location_proto(keys: &LocationKeys) -> Location {
+    Location {
+        owner: keys.key_id.owner().to_string(),
+        alias: keys.key_id.alias().to_string(),
+    }
+}
+
+impl Session {
+    /// Every verified version in a location (or of one object), from every
+    /// reachable supplier, merged. Also returns the positions that did not
+    /// answer.
+    pub async fn versions(
+        &self,
+        keys: &LocationKeys,
+        object: Option<ObjectId>,
+    ) -> Result<(BTreeMap<(ObjectId, u64), Version>, Vec<u32>), TransferError> {
+        let count = self.suppliers()?.suppliers.len() as u32;
+        let mut tasks = JoinSet::new();
+        for position in 0..count {
+            let client = self.client(position).await;
+            let location = location_proto(keys);
+            tasks.spawn(async move {
+                let mut client = client?;
+                let mut all = Vec::new();
+                let mut token = Vec::new();
+                loop {
+                    let mut request = tonic::Request::new(ListManifestsRequest {
+                        location: Some(location.clone()),
+                        object_id: object.map(|o| o.0.to_vec()).unwrap_or_default(),
+                        page_token: token,
+                        page_size: 1000,
+                    });
+                    request.set_timeout(CALL_TIMEOUT);
+                    let page = client
+                        .list_manifests(request)
+                        .await
+                        .map_err(|s| status_error(position, &s))?
+                        .into_inner();
+                    all.extend(page.manifests);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                Ok::<_, SessionError>((position, all))
+            });
+        }
+        let mut bodies: HashMap<Vec<u8>, (proto::storage::v1::SignedManifest, Vec<u32>)> =
+            HashMap::new();
+        let mut unreachable = Vec::new();
+        let mut refused = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined.map_err(|e| TransferError::Task(e.to_string()))? {
+                Ok((position, manifests)) => {
+                    for signed in manifests {
+                        bodies
+                            .entry(signed.body.clone())
+                            .or_insert_with(|| (signed, Vec::new()))
+                            .1
+                            .push(position);
+                    }
+                }
+                Err(SessionError::Unreachable { position, .. }) => unreachable.push(position),
+                Err(e @ SessionError::Refused { .. }) => refused = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(e) = refused
+            && bodies.is_empty()
+        {
+            return Err(e.into());
+        }
+        unreachable.sort_unstable();
+        let mut writers: HashMap<UserId, common::crypto::PublicKey> = HashMap::new();
+        let mut out = BTreeMap::new();
+        for (_, (wire, mut positions)) in bodies {
+            let position = positions.first().copied().unwrap_or(0);
+            let bad = |reason: String| TransferError::BadManifest { position, reason };
+            let signed = SignedManifest::from_proto(wire).map_err(|e| bad(e.to_string()))?;
+            let manifest = signed
+                .verify_location(&keys.public)
+                .map_err(|e| bad(e.to_string()))?;
+            let writer = match writers.get(&manifest.writer) {
+                Some(key) => key.clone(),
+                None => {
+                    let key = self.master_key_of(&manifest.writer).await?;
+                    writers.insert(manifest.writer.clone(), key.clone());
+                    key
+                }
+            };
+            signed
+                .verify_writer(&writer)
+                .map_err(|e| bad(e.to_string()))?;
+            if manifest.location != keys.key_id {
+                return Err(bad("it is for another location".into()));
+            }
+            positions.sort_unstable();
+            out.insert(
+                (manifest.object_id, manifest.version),
+                Version {
+                    manifest,
+                    signed,
+                    positions,
+                },
+            );
+        }
+        Ok((out, unreachable))
+    }
+
+    /// Uploads one local file as a new version of `path`.
+    pub async fn upload(
+        &self,
+        keys: &LocationKeys,
+        local: &Path,
+        path: &NormalPath,
+        version: u64,
+        progress: Progress,
+    ) -> Result<Uploaded, TransferError> {
+        let set = self.suppliers()?;
+        let scheme = set.scheme();
+        let count = set.suppliers.len() as u32;
+        let file = File::open(local).map_err(io_err(local))?;
+        let metadata = file.metadata().map_err(io_err(local))?;
+        let mtime_unix = metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+            .unwrap_or(0);
+        let object_id = keys.object_key.object_id(path);
+        let params = EncodeParams {
+            version: VersionRef {
+                location: keys.key_id.clone(),
+                object_id,
+                version,
+            },
+            path: path.clone(),
+            epoch: keys.epoch,
+            writer: self.user().clone(),
+            scheme,
+            block_size: DEFAULT_BLOCK_SIZE,
+            mtime_unix,
+            created_unix: common::unix_now(),
+        };
+        let mut clients = Vec::with_capacity(count as usize);
+        for position in 0..count {
+            clients.push(self.client(position).await?);
+        }
+
+        // Read, seal and code on a blocking thread, two blocks ahead.
+        let (tx, mut rx) = mpsc::channel::<EncodedBlock>(2);
+        let public = keys.public.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut encoder =
+                Encoder::new(BufReader::with_capacity(1 << 20, file), params, &public)?;
+            while let Some(block) = encoder.next_block()? {
+                if tx.blocking_send(block).is_err() {
+                    return Err(PipelineError::InputNotExhausted);
+                }
+            }
+            encoder.finish()
+        });
+
+        let location = location_proto(keys);
+        let mut in_flight: JoinSet<Result<u64, TransferError>> = JoinSet::new();
+        let mut failure = None;
+        while let Some(block) = rx.recv().await {
+            while in_flight.len() >= BLOCKS_IN_FLIGHT {
+                if let Some(done) = in_flight.join_next().await {
+                    match flatten(done) {
+                        Ok(bytes) => progress(bytes),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            let clients = clients.clone();
+            let location = location.clone();
+            in_flight.spawn(upload_block(clients, location, object_id, version, block));
+        }
+        drop(rx);
+        while let Some(done) = in_flight.join_next().await {
+            match flatten(done) {
+                Ok(bytes) => progress(bytes),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let manifest = producer
+            .await
+            .map_err(|e| TransferError::Task(e.to_string()));
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let manifest = manifest??;
+
+        let master = self.master().clone();
+        let private = keys.private.clone();
+        let signed =
+            tokio::task::spawn_blocking(move || SignedManifest::sign(&manifest, &private, &master))
+                .await
+                .map_err(|e| TransferError::Task(e.to_string()))?
+                .map_err(|e| TransferError::Task(e.to_string()))?;
+        let mut commits = JoinSet::new();
+        for (position, client) in clients.into_iter().enumerate() {
+            let request = CommitManifestRequest {
+                manifest: Some(signed.to_proto()),
+                position: position as u32,
+                writer_identity: Some(self.identity().to_proto()),
+                location: Some(location.clone()),
+            };
+            let mut client = client;
+            commits.spawn(async move {
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(CALL_TIMEOUT);
+                client
+                    .commit_manifest(request)
+                    .await
+                    .map_err(|s| status_error(position as u32, &s))
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(done) = commits.join_next().await {
+            match done {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => failures.push(e.to_string()),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(TransferError::PartialCommit {
+                path: path.to_string(),
+                version,
+                committed: count as usize - failures.len(),
+                total: count as usize,
+                failures: failures.join("; "),
+            });
+        }
+        Ok(Uploaded {
+            version,
+            size: metadata.len(),
+        })
+    }
+
+    /// Downloads `version` to `dest`, through a temporary file in the same
+    /// directory that is renamed into place only when every block checked out.
+    pub async fn download(
+        &self,
+        keys: &LocationKeys,
+        version: &Version,
+        dest: &Path,
+        unreachable: &[u32],
+        progress: Progress,
+    ) -> Result<FileMetadata, TransferError> {
+        let manifest = version.manifest.clone();
+        let private = keys.private.clone();
+        let mut decoder = tokio::task::spawn_blocking(move || Decoder::new(&manifest, &private))
+            .await
+            .map_err(|e| TransferError::Task(e.to_string()))??;
+        let path_text = decoder.metadata().path.to_string();
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "download".into());
+        let tmp = dir.join(format!(".{name}.silt-{:016x}.part", rand::random::<u64>()));
+        let result = self
+            .download_blocks(
+                keys,
+                version,
+                &mut decoder,
+                &tmp,
+                unreachable,
+                &path_text,
+                progress,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                let metadata = decoder.finish()?;
+                std::fs::rename(&tmp, dest).map_err(io_err(dest))?;
+                Ok(metadata)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn download_blocks(
+        &self,
+        keys: &LocationKeys,
+        version: &Version,
+        decoder: &mut Decoder,
+        tmp: &Path,
+        unreachable: &[u32],
+        path: &str,
+        progress: Progress,
+    ) -> Result<(), TransferError> {
+        let mut file = std::io::BufWriter::with_capacity(
+            1 << 20,
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(tmp)
+                .map_err(io_err(tmp))?,
+        );
+        let scheme = version.manifest.scheme;
+        let positions = scheme.positions();
+        // Prefer data positions, then parity; skip those known to be down.
+        let mut order: Vec<u32> = version
+            .positions
+            .iter()
+            .copied()
+            .filter(|p| !unreachable.contains(p))
+            .collect();
+        order.sort_unstable();
+        let mut clients = HashMap::new();
+        let mut down: Vec<u32> = unreachable.to_vec();
+        for &position in &order {
+            match self.client(position).await {
+                Ok(client) => {
+                    clients.insert(position, client);
+                }
+                Err(_) => down.push(position),
+            }
+        }
+        down.sort_unstable();
+        down.dedup();
+        let order: Vec<u32> = order
+            .into_iter()
+            .filter(|p| clients.contains_key(p))
+            .collect();
+        let clients = Arc::new(clients);
+        let location = location_proto(keys);
+        let blocks = version.manifest.blocks.len() as u64;
+        let base = FragmentRef {
+            location: Some(location),
+            object_id: version.manifest.object_id.0.to_vec(),
+            version: version.manifest.version,
+            block: 0,
+            position: 0,
+        };
+        let mut pending: JoinSet<(u64, Vec<Option<Vec<u8>>>)> = JoinSet::new();
+        let mut ready: BTreeMap<u64, Vec<Option<Vec<u8>>>> = BTreeMap::new();
+        let mut next_fetch = 0u64;
+        let mut next_write = 0u64;
+        while next_write < blocks {
+            while next_fetch < blocks && pending.len() + ready.len() < BLOCKS_IN_FLIGHT {
+                let clients = clients.clone();
+                let order = order.clone();
+                let mut reference = base.clone();
+                reference.block = next_fetch;
+                let need = scheme.data as usize;
+                let index = next_fetch;
+                pending.spawn(async move {
+                    let fragments = fetch_block(&clients, &order, reference, need, positions).await;
+                    (index, fragments)
+                });
+                next_fetch += 1;
+            }
+            while !ready.contains_key(&next_write) {
+                let (index, fragments) = pending
+                    .join_next()
+                    .await
+                    .ok_or_else(|| TransferError::Task("no block in flight".into()))?
+                    .map_err(|e| TransferError::Task(e.to_string()))?;
+                ready.insert(index, fragments);
+            }
+            let mut fragments = ready.remove(&next_write).unwrap_or_default();
+            let size = decoder.metadata().block_len(next_write).unwrap_or(0);
+            let first = tokio::task::block_in_place(|| {
+                decoder.write_block(next_write, &fragments, &mut file)
+            });
+            match first {
+                Ok(()) => {}
+                Err(PipelineError::MissingFragments { .. }) => {
+                    // A fragment was missing or corrupt: fetch every position.
+                    let mut reference = base.clone();
+                    reference.block = next_write;
+                    let all =
+                        fetch_block(&clients, &order, reference, positions as usize, positions)
+                            .await;
+                    for (slot, fetched) in fragments.iter_mut().zip(all) {
+                        if slot.is_none() {
+                            *slot = fetched;
+                        }
+                    }
+                    let retry = tokio::task::block_in_place(|| {
+                        decoder.write_block(next_write, &fragments, &mut file)
+                    });
+                    match retry {
+                        Ok(()) => {}
+                        Err(source @ PipelineError::MissingFragments { .. }) => {
+                            return Err(TransferError::Unavailable {
+                                path: path.to_owned(),
+                                unreachable: down,
+                                source,
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            progress(size);
+            next_write += 1;
+        }
+        let file = file.into_inner().map_err(|e| TransferError::Io {
+            path: tmp.to_owned(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(tmp))?;
+        Ok(())
+    }
+
+    /// Deletes `path` (every version, or one) on every supplier.
+    pub async fn remove(
+        &self,
+        keys: &LocationKeys,
+        path: &NormalPath,
+        version: Option<u64>,
+    ) -> Result<(), TransferError> {
+        if keys.key_id.owner() != self.user() {
+            return Err(TransferError::NotOwner(keys.key_id.to_string()));
+        }
+        let object_id = keys.object_key.object_id(path);
+        let count = self.suppliers()?.suppliers.len() as u32;
+        let mut found = false;
+        let mut failures = Vec::new();
+        for position in 0..count {
+            let mut client = match self.client(position).await {
+                Ok(client) => client,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut request = tonic::Request::new(DeleteRequest {
+                location: Some(location_proto(keys)),
+                object_id: object_id.0.to_vec(),
+                version: version.unwrap_or(0),
+            });
+            request.set_timeout(CALL_TIMEOUT);
+            match client.delete(request).await {
+                Ok(_) => found = true,
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => failures.push(status_error(position, &status).to_string()),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(TransferError::PartialRemove {
+                path: path.to_string(),
+                removed: count as usize - failures.len(),
+                total: count as usize,
+                failures: failures.join("; "),
+            });
+        }
+        if !found {
+            return Err(TransferError::NotFound(path.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the names, sizes and dates of the newest version of each object.
+pub fn catalog(
+    keys: &LocationKeys,
+    versions: &BTreeMap<(ObjectId, u64), Version>,
+) -> Result<Vec<Entry>, TransferError> {
+    let mut newest: BTreeMap<ObjectId, (&Version, Vec<u64>)> = BTreeMap::new();
+    for ((object, number), version) in versions {
+        let slot = newest.entry(*object).or_insert((version, Vec::new()));
+        slot.1.push(*number);
+        if version.manifest.version > slot.0.manifest.version {
+            slot.0 = version;
+        }
+    }
+    let mut entries = Vec::with_capacity(newest.len());
+    for (version, numbers) in newest.into_values() {
+        let decoder = Decoder::new(&version.manifest, &keys.private)?;
+        let metadata = decoder.metadata();
+        entries.push(Entry {
+            path: metadata.path.to_string(),
+            size: metadata.size,
+            mtime_unix: metadata.mtime_unix,
+            version: version.manifest.version,
+            versions: numbers,
+            created_unix: version.manifest.created_unix,
+            writer: version.manifest.writer.to_string(),
+        });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+fn flatten<T>(
+    joined: Result<Result<T, TransferError>, tokio::task::JoinError>,
+) -> Result<T, TransferError> {
+    joined.map_err(|e| TransferError::Task(e.to_string()))?
+}
+
+/// Sends one block's fragments, one per position, in parallel.
+async fn upload_block(
+    clients: Vec<proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>>,
+    location: Location,
+    object_id: ObjectId,
+    version: u64,
+    block: EncodedBlock,
+) -> Result<u64, TransferError> {
+    let mut sends = JoinSet::new();
+    let plaintext_hint: u64 = block.fragments.iter().map(|f| f.len() as u64).sum();
+    for (position, (fragment, client)) in block.fragments.into_iter().zip(clients).enumerate() {
+        let reference = FragmentRef {
+            location: Some(location.clone()),
+            object_id: object_id.0.to_vec(),
+            version,
+            block: block.index,
+            position: position as u32,
+        };
+        let sha256 = block
+            .hashes
+            .sha256
+            .get(position)
+            .copied()
+            .unwrap_or_default();
+        sends.spawn(async move {
+            let mut client = client;
+            let mut messages = Vec::with_capacity(1 + fragment.len() / CHUNK + 1);
+            messages.push(PutFragmentRequest {
+                part: Some(put_fragment_request::Part::Header(FragmentHeader {
+                    fragment: Some(reference),
+                    size: fragment.len() as u64,
+                    sha256: sha256.to_vec(),
+                })),
+            });
+            messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
+                part: Some(put_fragment_request::Part::Chunk(chunk.to_vec())),
+            }));
+            let mut request = tonic::Request::new(tokio_stream::iter(messages));
+            request.set_timeout(CALL_TIMEOUT * 4);
+            client
+                .put_fragment(request)
+                .await
+                .map_err(|s| status_error(position as u32, &s))
+        });
+    }
+    while let Some(done) = sends.join_next().await {
+        done.map_err(|e| TransferError::Task(e.to_string()))??;
+    }
+    Ok(plaintext_hint)
+}
+
+/// Fetches fragments of one block until `need` arrived, trying positions in
+/// `order`. Returns one slot per position.
+async fn fetch_block(
+    clients: &HashMap<
+        u32,
+        proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
+    >,
+    order: &[u32],
+    reference: FragmentRef,
+    need: usize,
+    positions: u32,
+) -> Vec<Option<Vec<u8>>> {
+    let mut slots: Vec<Option<Vec<u8>>> = vec![None; positions as usize];
+    let mut remaining = order.iter().copied();
+    let mut got = 0;
+    let mut fetches = JoinSet::new();
+    let spawn = |fetches: &mut JoinSet<(u32, Option<Vec<u8>>)>, position: u32| {
+        let Some(client) = clients.get(&position).cloned() else {
+            return false;
+        };
+        let mut reference = reference.clone();
+        reference.position = position;
+        fetches.spawn(async move { (position, fetch_fragment(client, reference).await) });
+        true
+    };
+    for _ in 0..need {
+        for position in remaining.by_ref() {
+            if spawn(&mut fetches, position) {
+                break;
+            }
+        }
+    }
+    while let Some(done) = fetches.join_next().await {
+        let Ok((position, fragment)) = done else {
+            continue;
+        };
+        match fragment {
+            Some(bytes) => {
+                if let Some(slot) = slots.get_mut(position as usize) {
+                    *slot = Some(bytes);
+                    got += 1;
+                }
+            }
+            None => {
+                // Replace a failed fetch with the next position, if any.
+                for position in remaining.by_ref() {
+                    if spawn(&mut fetches, position) {
+                        break;
+                    }
+                }
+            }
+        }
+        if got >= need && fetches.is_empty() {
+            break;
+        }
+    }
+    slots
+}
+
+async fn fetch_fragment(
+    mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
+    reference: FragmentRef,
+) -> Option<Vec<u8>> {
+    let mut request = tonic::Request::new(GetFragmentRequest {
+        fragment: Some(reference),
+    });
+    request.set_timeout(CALL_TIMEOUT * 4);
+    let mut stream = client.get_fragment(request).await.ok()?.into_inner();
+    let mut data = Vec::new();
+    while let Some(message) = stream.message().await.ok()? {
+        match message.part {
+            Some(get_fragment_response::Part::Header(header)) => {
+                data.reserve(usize::try_from(header.size).unwrap_or(0).min(64 << 20));
+            }
+            Some(get_fragment_response::Part::Chunk(chunk)) => data.extend_from_slice(&chunk),
+            None => {}
+        }
+    }
+    Some(data)
+}
+
+/// The next version number for each object: one more than the newest held.
+pub fn next_versions(versions: &BTreeMap<(ObjectId, u64), Version>) -> HashMap<ObjectId, u64> {
+    let mut next = HashMap::new();
+    for (object, version) in versions.keys() {
+        let slot = next.entry(*object).or_insert(1);
+        *slot = (*slot).max(version + 1);
+    }
+    next
+}
