@@ -100,6 +100,7 @@ pub struct Session {
     dialer: Dialer,
     suppliers: Option<SupplierSet>,
     clients: Vec<OnceCell<StorageClient<Channel>>>,
+    block_size: usize,
 }
 
 impl Session {
@@ -124,7 +125,18 @@ impl Session {
             dialer,
             suppliers,
             clients,
+            block_size: crate::pipeline::DEFAULT_BLOCK_SIZE,
         })
+    }
+
+    /// Plaintext bytes per block for new uploads.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Sets the block size of new uploads (within the pipeline's bounds).
+    pub fn set_block_size(&mut self, block_size: usize) {
+        self.block_size = block_size;
     }
 
     /// Our user ID.

@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::pipeline::{
-    DEFAULT_BLOCK_SIZE, Decoder, EncodeParams, EncodedBlock, Encoder, FileMetadata, NormalPath,
-    PipelineError, VersionRef,
+    Decoder, EncodeParams, EncodedBlock, Encoder, FileMetadata, NormalPath, PipelineError,
+    VersionRef,
 };
 use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
 
@@ -302,7 +302,7 @@ impl Session {
             epoch: keys.epoch,
             writer: self.user().clone(),
             scheme,
-            block_size: DEFAULT_BLOCK_SIZE,
+            block_size: self.block_size(),
             mtime_unix,
             created_unix: common::unix_now(),
         };

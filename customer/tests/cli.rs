@@ -566,3 +566,68 @@ fn bad_init_input_gets_clear_errors_and_no_files() {
     assert!(err.contains("not initialised"), "{err}");
     assert!(!home.join("keys").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_ls_rm_from_the_command_line() {
+    let server = IdServer::start().await;
+    let other = IdServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("alice");
+    init(&home, "alice", &server.addr());
+    let err = fails(&silt(&home, &["put", "/etc/hostname"]));
+    assert!(err.contains("no suppliers are hired"), "{err}");
+    let hired = json(&silt(
+        &home,
+        &[
+            "--json",
+            "suppliers",
+            "hire",
+            "--supplier",
+            &server.addr(),
+            "--supplier",
+            &other.addr(),
+        ],
+    ));
+    assert_eq!(hired["scheme"], "1+1");
+    let listed = json(&silt(&home, &["--json", "suppliers", "list"]));
+    assert_eq!(listed["suppliers"][1]["online"], true);
+
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let file = dir.path().join("report.bin");
+    fs::write(&file, &data).unwrap();
+    let put = json(&silt(
+        &home,
+        &["--json", "put", file.to_str().unwrap(), "docs/report.bin"],
+    ));
+    assert_eq!(put["files"][0]["version"], 1);
+    ok(&silt(
+        &home,
+        &["put", file.to_str().unwrap(), "docs/report.bin"],
+    ));
+
+    let listing = json(&silt(&home, &["--json", "ls"]));
+    assert_eq!(listing["files"][0]["path"], "docs/report.bin");
+    assert_eq!(listing["files"][0]["version"], 2);
+    assert_eq!(listing["files"][0]["size"], 100_000);
+
+    let out = dir.path().join("copy.bin");
+    ok(&silt(
+        &home,
+        &["get", "docs/report.bin#1", out.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(&out).unwrap(), data);
+    let err = fails(&silt(
+        &home,
+        &["get", "docs/nothing.bin", out.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("no file or directory docs/nothing.bin"),
+        "{err}"
+    );
+
+    ok(&silt(&home, &["rm", "docs/report.bin"]));
+    let listing = json(&silt(&home, &["--json", "ls"]));
+    assert_eq!(listing["files"].as_array().unwrap().len(), 0);
+    let err = fails(&silt(&home, &["rm", "docs/report.bin"]));
+    assert!(err.contains("no file"), "{err}");
+}

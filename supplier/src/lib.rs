@@ -80,6 +80,11 @@ pub enum Error {
     },
 }
 
+/// Where the database of the data directory `data` lives.
+pub fn db_dir(data: &Path) -> PathBuf {
+    data.join(DB_DIR)
+}
+
 /// Creates the data directory (mode 0700) and a new node key in it.
 pub fn init_data_dir(data: &Path, key_bits: usize) -> Result<NodeId, Error> {
     let path = data.join(NODE_KEY_FILE);
@@ -143,7 +148,7 @@ impl Supplier {
         let master = load_node_key(&config.data)?;
         let node_id = master.public_key().node_id();
         let tls = TlsIdentity::generate(&master)?;
-        let db_dir = config.data.join(DB_DIR);
+        let db_dir = db_dir(&config.data);
         let store = tokio::task::spawn_blocking(move || Store::open(&db_dir))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;

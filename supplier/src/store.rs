@@ -925,6 +925,22 @@ impl Store {
         Ok((bytes, fragments))
     }
 
+    /// Replaces a committed fragment's bytes and recorded hash, as a faulty
+    /// or malicious supplier would. Only for tests of the customer's checks.
+    #[cfg(feature = "test-utils")]
+    pub fn danger_replace_fragment(&self, key: &[u8], payload: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut meta = self
+            .fragment_meta(key)?
+            .ok_or_else(|| StoreError::Damaged("no such fragment".into()))?;
+        meta.sha256 = common::crypto::sha256(payload).to_vec();
+        meta.size = payload.len() as u64;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
+        batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
+        self.write(batch)
+    }
+
     // Mailboxes.
 
     /// Messages waiting for `recipient`, oldest first, at most `limit`.

@@ -1,0 +1,322 @@
+//! Storing and fetching files over real loopback mutual TLS with real
+//! RocksDB suppliers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::manifest::ObjectId;
+use customer::home::{Home, InitOptions};
+use customer::pipeline::NormalPath;
+use customer::session::{LocationKeys, Session};
+use customer::suppliers::SupplierSet;
+use customer::transfer::{Progress, TransferError, catalog, next_versions};
+use supplier::store::{Store, keys};
+use supplier::{Config, Supplier};
+use tempfile::TempDir;
+
+struct Net {
+    suppliers: Vec<Option<Supplier>>,
+    dirs: Vec<TempDir>,
+    addrs: Vec<std::net::SocketAddr>,
+    _home_dir: TempDir,
+    session: Session,
+    keys: LocationKeys,
+    work: TempDir,
+}
+
+fn no_progress() -> Progress {
+    Arc::new(|_| {})
+}
+
+impl Net {
+    /// `n` suppliers and a customer who hired them with `scheme`.
+    async fn start(n: usize, scheme: &str, block_size: usize) -> Self {
+        let mut suppliers = Vec::new();
+        let mut dirs = Vec::new();
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            supplier::init_data_dir(dir.path(), 2048).unwrap();
+            let node = Supplier::spawn(Config::for_tests(dir.path()))
+                .await
+                .unwrap();
+            addrs.push(node.local_addr());
+            suppliers.push(Some(node));
+            dirs.push(dir);
+        }
+        let home_dir = tempfile::tempdir().unwrap();
+        let home = Home::new(home_dir.path().join("alice"));
+        home.init(
+            &InitOptions {
+                user_id: format!("alice@127.0.0.1_{}", addrs[0].port())
+                    .parse()
+                    .unwrap(),
+                id_server: addrs[0].to_string(),
+                bootstrap: vec![],
+                listen: "127.0.0.1:7700".parse().unwrap(),
+            },
+            2048,
+            None,
+        )
+        .unwrap();
+        let session = Session::open(home.clone(), home.master_key(None).unwrap()).unwrap();
+        let entries = session
+            .hire(
+                &addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                1 << 30,
+            )
+            .await
+            .unwrap();
+        let scheme = customer::pipeline::parse_scheme(scheme, n as u32).unwrap();
+        SupplierSet {
+            data: scheme.data,
+            parity: scheme.parity,
+            suppliers: entries,
+        }
+        .save(home.dir())
+        .unwrap();
+        let mut session = Session::open(home.clone(), home.master_key(None).unwrap()).unwrap();
+        session.set_block_size(block_size);
+        let keys = session
+            .location_keys(&home.master_key_id().unwrap())
+            .unwrap();
+        Self {
+            suppliers,
+            dirs,
+            addrs,
+            _home_dir: home_dir,
+            session,
+            keys,
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let path = self.work.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    async fn put(&self, name: &str, data: &[u8]) -> u64 {
+        let local = self.file(&format!("up-{}", name.replace('/', "_")), data);
+        let normal = NormalPath::new(name).unwrap();
+        let (existing, _) = self.session.versions(&self.keys, None).await.unwrap();
+        let object = self.keys.object_key.object_id(&normal);
+        let version = next_versions(&existing).get(&object).copied().unwrap_or(1);
+        self.session
+            .upload(&self.keys, &local, &normal, version, no_progress())
+            .await
+            .unwrap()
+            .version
+    }
+
+    async fn get(&self, name: &str, version: Option<u64>) -> Result<Vec<u8>, TransferError> {
+        let normal = NormalPath::new(name).unwrap();
+        let object = self.keys.object_key.object_id(&normal);
+        let (versions, unreachable) = self.session.versions(&self.keys, Some(object)).await?;
+        let chosen = match version {
+            Some(v) => versions.get(&(object, v)).cloned(),
+            None => versions
+                .values()
+                .max_by_key(|v| v.manifest.version)
+                .cloned(),
+        }
+        .ok_or_else(|| TransferError::NotFound(name.into()))?;
+        let dest = self
+            .work
+            .path()
+            .join(format!("down-{}", rand::random::<u64>()));
+        self.session
+            .download(&self.keys, &chosen, &dest, &unreachable, no_progress())
+            .await?;
+        Ok(std::fs::read(dest).unwrap())
+    }
+
+    async fn stop(&mut self, position: usize) {
+        if let Some(mut node) = self.suppliers[position].take() {
+            node.shutdown().await;
+        }
+    }
+
+    async fn restart(&mut self, position: usize) {
+        let config = Config {
+            listen: self.addrs[position],
+            ..Config::for_tests(self.dirs[position].path())
+        };
+        self.suppliers[position] = Some(Supplier::spawn(config).await.unwrap());
+    }
+
+    fn object(&self, name: &str) -> ObjectId {
+        self.keys
+            .object_key
+            .object_id(&NormalPath::new(name).unwrap())
+    }
+}
+
+fn random(len: usize) -> Vec<u8> {
+    (0..len).map(|_| rand::random::<u8>()).collect()
+}
+
+const SMALL_BLOCK: usize = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_every_shape_round_trip_under_several_schemes() {
+    for (n, scheme) in [(2, "1+1"), (4, "2+2"), (6, "4+2")] {
+        let net = Net::start(n, scheme, SMALL_BLOCK).await;
+        for (name, len) in [
+            ("empty", 0),
+            ("one-byte", 1),
+            ("one-block", SMALL_BLOCK),
+            ("multi/block.bin", 3 * SMALL_BLOCK + 12_345),
+        ] {
+            let data = random(len);
+            assert_eq!(net.put(name, &data).await, 1);
+            assert_eq!(net.get(name, None).await.unwrap(), data, "{scheme} {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_sized_blocks_round_trip() {
+    let net = Net::start(6, "4+2", customer::pipeline::DEFAULT_BLOCK_SIZE).await;
+    let block = customer::pipeline::DEFAULT_BLOCK_SIZE;
+    for (name, len) in [("exact", block), ("multi", 2 * block + 7)] {
+        let data = random(len);
+        net.put(name, &data).await;
+        assert_eq!(net.get(name, None).await.unwrap(), data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m_suppliers_down_still_download_and_m_plus_one_names_the_missing() {
+    let mut net = Net::start(6, "4+2", SMALL_BLOCK).await;
+    let data = random(5 * SMALL_BLOCK + 99);
+    net.put("doc.bin", &data).await;
+
+    net.stop(1).await;
+    net.stop(4).await;
+    assert_eq!(net.get("doc.bin", None).await.unwrap(), data);
+
+    net.stop(2).await;
+    let err = net.get("doc.bin", None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, TransferError::Unavailable { .. }), "{text}");
+    assert!(text.contains("[1, 2, 4]"), "{text}");
+    // No partial file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(net.work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    for position in [1, 2, 4] {
+        net.restart(position).await;
+    }
+    // Connections to the stopped suppliers were never made; a new session
+    // reaches the restarted ones.
+    let session = Session::open(
+        net.session.home().clone(),
+        net.session.home().master_key(None).unwrap(),
+    )
+    .unwrap();
+    net.session = session;
+    net.session.set_block_size(SMALL_BLOCK);
+    assert_eq!(net.get("doc.bin", None).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_serving_corrupt_fragments_is_detected_and_routed_around() {
+    let mut net = Net::start(4, "2+2", SMALL_BLOCK).await;
+    let data = random(2 * SMALL_BLOCK + 5);
+    net.put("photo.jpg", &data).await;
+
+    // Position 0 (a data position, tried first) now serves wrong bytes for
+    // block 1, with a hash that matches what it serves.
+    net.stop(0).await;
+    {
+        let store = Store::open(&supplier::db_dir(net.dirs[0].path())).unwrap();
+        let owner = net.session.master().public_key().node_id();
+        let location = keys::location(&owner, "master");
+        let key = keys::fragment(&location, &net.object("photo.jpg").0, 1, 1, 0);
+        let mut bytes = store.fragment(&key).unwrap().unwrap();
+        bytes[10] ^= 0xff;
+        store.danger_replace_fragment(&key, &bytes).unwrap();
+    }
+    net.restart(0).await;
+    assert_eq!(net.get("photo.jpg", None).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upload_is_a_new_version_and_old_ones_stay_readable() {
+    let net = Net::start(2, "1+1", SMALL_BLOCK).await;
+    net.put("notes.txt", b"first draft").await;
+    assert_eq!(net.put("notes.txt", b"second draft").await, 2);
+    assert_eq!(net.get("notes.txt", None).await.unwrap(), b"second draft");
+    assert_eq!(net.get("notes.txt", Some(1)).await.unwrap(), b"first draft");
+
+    let (versions, _) = net.session.versions(&net.keys, None).await.unwrap();
+    let entries = catalog(&net.keys, &versions).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].path, "notes.txt");
+    assert_eq!(entries[0].version, 2);
+    assert_eq!(entries[0].versions, vec![1, 2]);
+    assert_eq!(entries[0].size, 12);
+
+    net.session
+        .remove(&net.keys, &NormalPath::new("notes.txt").unwrap(), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        net.get("notes.txt", None).await,
+        Err(TransferError::NotFound(_))
+    ));
+    let err = net
+        .session
+        .remove(&net.keys, &NormalPath::new("notes.txt").unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::NotFound(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_contents_never_reach_suppliers_in_the_clear() {
+    let mut net = Net::start(2, "1+1", SMALL_BLOCK).await;
+    let name = "tax-return-of-alice-2026.pdf";
+    let content = b"THE PLAINTEXT CONTENT MARKER 8c1f".repeat(100);
+    net.put(&format!("private/{name}"), &content).await;
+    for position in 0..2 {
+        net.stop(position).await;
+        for file in files_under(net.dirs[position].path()) {
+            let bytes = std::fs::read(&file).unwrap();
+            for needle in [
+                name.as_bytes(),
+                b"PLAINTEXT CONTENT MARKER".as_slice(),
+                b"private/",
+            ] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds {:?}",
+                    file.display(),
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
