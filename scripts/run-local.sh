@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/silt/target}"
-cargo build --locked --bins
+cargo build --locked --workspace --all-targets --all-features
 bin="$CARGO_TARGET_DIR/debug"
 net="${SILT_LOCAL_NET:-$PWD/.silt-local}"
 count="${SUPPLIERS:-4}"

@@ -421,9 +421,24 @@ impl Session {
     ) -> Result<FileMetadata, TransferError> {
         let manifest = version.manifest.clone();
         let private = keys.private.clone();
-        let mut decoder = tokio::task::spawn_blocking(move || Decoder::new(&manifest, &private))
+        let decoder = tokio::task::spawn_blocking(move || Decoder::new(&manifest, &private))
             .await
             .map_err(|e| TransferError::Task(e.to_string()))??;
+        self.download_decoded(keys, version, decoder, dest, unreachable, progress)
+            .await
+    }
+
+    /// [`Session::download`] with the file key already unwrapped (as
+    /// [`catalog`] does for every file it lists).
+    pub async fn download_decoded(
+        &self,
+        keys: &LocationKeys,
+        version: &Version,
+        mut decoder: Decoder,
+        dest: &Path,
+        unreachable: &[u32],
+        progress: Progress,
+    ) -> Result<FileMetadata, TransferError> {
         let path_text = decoder.metadata().path.to_string();
         let dir = dest
             .parent()
@@ -636,11 +651,24 @@ impl Session {
     }
 }
 
-/// Reads the names, sizes and dates of the newest version of each object.
+/// A listed file: what it is, its newest version, and that version's
+/// unwrapped file key, ready to download.
+#[derive(Debug)]
+pub struct Listed {
+    /// Name, size, dates.
+    pub entry: Entry,
+    /// The newest version.
+    pub version: Version,
+    /// Its decoder (file key unwrapped, metadata opened).
+    pub decoder: Decoder,
+}
+
+/// Reads the names, sizes and dates of the newest version of each object,
+/// unwrapping file keys on every core (one RSA decryption per file).
 pub fn catalog(
     keys: &LocationKeys,
     versions: &BTreeMap<(ObjectId, u64), Version>,
-) -> Result<Vec<Entry>, TransferError> {
+) -> Result<Vec<Listed>, TransferError> {
     let mut newest: BTreeMap<ObjectId, (&Version, Vec<u64>)> = BTreeMap::new();
     for ((object, number), version) in versions {
         let slot = newest.entry(*object).or_insert((version, Vec::new()));
@@ -649,22 +677,53 @@ pub fn catalog(
             slot.0 = version;
         }
     }
-    let mut entries = Vec::with_capacity(newest.len());
-    for (version, numbers) in newest.into_values() {
-        let decoder = Decoder::new(&version.manifest, &keys.private)?;
-        let metadata = decoder.metadata();
-        entries.push(Entry {
-            path: metadata.path.to_string(),
-            size: metadata.size,
-            mtime_unix: metadata.mtime_unix,
-            version: version.manifest.version,
-            versions: numbers,
-            created_unix: version.manifest.created_unix,
-            writer: version.manifest.writer.to_string(),
-        });
-    }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(entries)
+    let newest: Vec<(&Version, Vec<u64>)> = newest.into_values().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
+    let chunk = newest.len().div_ceil(threads).max(1);
+    let decoded: Vec<Result<Listed, TransferError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = newest
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(version, numbers)| {
+                            let decoder = Decoder::new(&version.manifest, &keys.private)?;
+                            let metadata = decoder.metadata();
+                            let entry = Entry {
+                                path: metadata.path.to_string(),
+                                size: metadata.size,
+                                mtime_unix: metadata.mtime_unix,
+                                version: version.manifest.version,
+                                versions: numbers.clone(),
+                                created_unix: version.manifest.created_unix,
+                                writer: version.manifest.writer.to_string(),
+                            };
+                            Ok(Listed {
+                                entry,
+                                version: (*version).clone(),
+                                decoder,
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(TransferError::Task(
+                        "a decoding thread panicked".into(),
+                    ))]
+                })
+            })
+            .collect()
+    });
+    let mut listed = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
+    listed.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    Ok(listed)
 }
 
 fn flatten<T>(

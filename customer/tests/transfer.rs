@@ -256,7 +256,11 @@ async fn a_second_upload_is_a_new_version_and_old_ones_stay_readable() {
     assert_eq!(net.get("notes.txt", Some(1)).await.unwrap(), b"first draft");
 
     let (versions, _) = net.session.versions(&net.keys, None).await.unwrap();
-    let entries = catalog(&net.keys, &versions).unwrap();
+    let entries: Vec<_> = catalog(&net.keys, &versions)
+        .unwrap()
+        .into_iter()
+        .map(|listed| listed.entry)
+        .collect();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].path, "notes.txt");
     assert_eq!(entries[0].version, 2);

@@ -144,6 +144,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_is_valid() {
+        let example: Config =
+            toml::from_str(include_str!("../../deploy/supplier.example.toml")).unwrap();
+        assert_eq!(example.capacity, ByteSize::gib(500));
+        assert_eq!(example.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
     fn round_trips_and_refuses_unknown_fields() {
         let config = Config {
             capacity: ByteSize::mib(512),

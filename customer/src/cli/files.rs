@@ -10,10 +10,14 @@ use customer::pipeline::NormalPath;
 use customer::remote::RemotePath;
 use customer::session::Session;
 use customer::transfer::{Progress, catalog, next_versions};
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::Ctx;
+
+/// Files transferred at once by `put` and `get` of a directory.
+const FILES_IN_FLIGHT: usize = 8;
 
 /// A progress bar on a terminal, nothing otherwise.
 fn progress(ctx: &Ctx, total: u64, label: &str) -> (Progress, Option<ProgressBar>) {
@@ -97,7 +101,7 @@ pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Re
         .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
     let (report, bar) = progress(ctx, total, "put");
-    let mut done = Vec::new();
+    let mut jobs = Vec::with_capacity(files.len());
     for (path, rel) in &files {
         let remote_path = if rel.is_empty() {
             base.clone()
@@ -107,12 +111,28 @@ pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Re
         let normal = NormalPath::new(&remote_path)?;
         let object: ObjectId = keys.object_key.object_id(&normal);
         let version = next.get(&object).copied().unwrap_or(1);
-        let uploaded = session
-            .upload(&keys, path, &normal, version, report.clone())
-            .await
-            .with_context(|| format!("cannot upload {}", path.display()))?;
-        done.push(json!({ "path": normal.to_string(), "version": uploaded.version, "size": uploaded.size }));
+        jobs.push((path, normal, version));
     }
+    // Several files at once: small files are bound by round trips and one
+    // RSA signature each, not by bandwidth.
+    let (session_ref, keys_ref) = (&session, &keys);
+    let mut uploads = futures_util::stream::iter(jobs.into_iter().map(|(path, normal, version)| {
+        let report = report.clone();
+        async move {
+            let uploaded = session_ref
+                .upload(keys_ref, path, &normal, version, report)
+                .await
+                .with_context(|| format!("cannot upload {}", path.display()))?;
+            Ok::<_, anyhow::Error>(json!({ "path": normal.to_string(), "version": uploaded.version, "size": uploaded.size }))
+        }
+    }))
+    .buffer_unordered(FILES_IN_FLIGHT);
+    let mut done = Vec::new();
+    while let Some(result) = uploads.next().await {
+        done.push(result?);
+    }
+    drop(uploads);
+    done.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -199,15 +219,14 @@ pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Re
         bail!("no file {}", target.path);
     }
     let (versions, unreachable) = session.versions(&keys, None).await?;
-    let entries = catalog(&keys, &versions)?;
     let prefix = if target.path.is_empty() {
         String::new()
     } else {
         format!("{}/", target.path)
     };
-    let chosen: Vec<_> = entries
-        .iter()
-        .filter(|e| e.path.starts_with(&prefix))
+    let chosen: Vec<_> = catalog(&keys, &versions)?
+        .into_iter()
+        .filter(|listed| listed.entry.path.starts_with(&prefix))
         .collect();
     if chosen.is_empty() {
         bail!(
@@ -229,25 +248,28 @@ pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Re
                 .unwrap_or("."),
         )
     });
-    let total: u64 = chosen.iter().map(|e| e.size).sum();
+    let total: u64 = chosen.iter().map(|l| l.entry.size).sum();
     let (report, bar) = progress(ctx, total, "get");
+    let (session_ref, keys_ref, unreachable_ref, root_ref) = (&session, &keys, &unreachable, &root);
+    let prefix_len = prefix.len();
+    let mut downloads = futures_util::stream::iter(chosen.into_iter().map(|listed| {
+        let report = report.clone();
+        async move {
+            let dest = root_ref.join(&listed.entry.path[prefix_len..]);
+            session_ref
+                .download_decoded(keys_ref, &listed.version, listed.decoder, &dest, unreachable_ref, report)
+                .await
+                .with_context(|| format!("cannot download {}", listed.entry.path))?;
+            Ok::<_, anyhow::Error>(json!({ "path": listed.entry.path, "file": dest.display().to_string(), "size": listed.entry.size }))
+        }
+    }))
+    .buffer_unordered(FILES_IN_FLIGHT);
     let mut written = Vec::new();
-    for entry in chosen {
-        let normal = NormalPath::new(&entry.path)?;
-        let object = keys.object_key.object_id(&normal);
-        let Some(version) = versions.get(&(object, entry.version)) else {
-            continue;
-        };
-        let rel = &entry.path[prefix.len()..];
-        let dest = root.join(rel);
-        session
-            .download(&keys, version, &dest, &unreachable, report.clone())
-            .await
-            .with_context(|| format!("cannot download {}", entry.path))?;
-        written.push(
-            json!({ "path": entry.path, "file": dest.display().to_string(), "size": entry.size }),
-        );
+    while let Some(result) = downloads.next().await {
+        written.push(result?);
     }
+    drop(downloads);
+    written.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -275,6 +297,7 @@ pub(crate) async fn ls(ctx: &Ctx, location: Option<String>) -> Result<()> {
     let prefix = target.path.clone();
     let entries: Vec<_> = catalog(&keys, &versions)?
         .into_iter()
+        .map(|listed| listed.entry)
         .filter(|e| {
             prefix.is_empty() || e.path == prefix || e.path.starts_with(&format!("{prefix}/"))
         })
