@@ -32,9 +32,10 @@ use crate::pipeline::{
 use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
 
 /// Blocks uploaded or downloaded at once.
-const BLOCKS_IN_FLIGHT: usize = 4;
-/// Bytes per `PutFragment` chunk message.
-const CHUNK: usize = 1 << 20;
+const BLOCKS_IN_FLIGHT: usize = 8;
+/// Bytes per `PutFragment` chunk message: large enough that a fragment of a
+/// default block is one message, sent without a copy.
+const CHUNK: usize = 8 << 20;
 
 /// Why a transfer failed.
 #[derive(Debug, thiserror::Error)]
@@ -759,16 +760,24 @@ async fn upload_block(
         sends.spawn(async move {
             let mut client = client;
             let mut messages = Vec::with_capacity(1 + fragment.len() / CHUNK + 1);
+            let size = fragment.len() as u64;
             messages.push(PutFragmentRequest {
                 part: Some(put_fragment_request::Part::Header(FragmentHeader {
                     fragment: Some(reference),
-                    size: fragment.len() as u64,
+                    size,
                     sha256: sha256.to_vec(),
                 })),
             });
-            messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
-                part: Some(put_fragment_request::Part::Chunk(chunk.to_vec())),
-            }));
+            if fragment.len() <= CHUNK {
+                // One chunk: send the fragment itself, no copy.
+                messages.push(PutFragmentRequest {
+                    part: Some(put_fragment_request::Part::Chunk(fragment)),
+                });
+            } else {
+                messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
+                    part: Some(put_fragment_request::Part::Chunk(chunk.to_vec())),
+                }));
+            }
             let mut request = tonic::Request::new(tokio_stream::iter(messages));
             request.set_timeout(CALL_TIMEOUT * 4);
             client

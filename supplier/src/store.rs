@@ -132,7 +132,11 @@ impl Cf {
             opts.set_enable_blob_files(true);
             opts.set_min_blob_size(4096);
             opts.set_blob_compression_type(DBCompressionType::None);
-            opts.set_enable_blob_gc(true);
+            // Garbage collection during every compaction relocates the live
+            // blobs of the oldest files even when nothing was deleted, which
+            // doubled the CPU of large uploads. Blob files whose fragments
+            // are all deleted are still dropped.
+            opts.set_enable_blob_gc(false);
         } else {
             opts.set_compression_type(DBCompressionType::Lz4);
         }

@@ -72,8 +72,6 @@ impl Default for StorageLimits {
     }
 }
 
-/// Largest chunk of a fragment stream.
-pub const MAX_CHUNK: usize = 1 << 20;
 const READ_CHUNK: usize = 256 * 1024;
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
@@ -643,7 +641,7 @@ impl StorageService {
             .into());
         }
         let capacity = usize::try_from(size).map_err(|_| bad("fragment too large"))?;
-        let mut payload = Vec::with_capacity(capacity);
+        let mut payload = Vec::new();
         let mut hasher = Sha256::new();
         while let Some(message) = stream
             .message()
@@ -657,7 +655,12 @@ impl StorageService {
                 return Err(bad("more bytes than the header declared"));
             }
             hasher.update(&chunk);
-            payload.extend_from_slice(&chunk);
+            if payload.is_empty() {
+                // The usual case is one chunk per fragment: keep it, no copy.
+                payload = chunk;
+            } else {
+                payload.extend_from_slice(&chunk);
+            }
         }
         if payload.len() != capacity {
             return Err(bad(format!(
