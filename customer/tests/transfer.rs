@@ -324,3 +324,15 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_with_too_few_suppliers_fails() {
+    let mut net = Net::start(4, "2+2", SMALL_BLOCK).await;
+    let data = random(554);
+    net.put("e.sh", &data).await;
+    for position in [0, 1, 2] {
+        net.stop(position).await;
+    }
+    let result = net.get("e.sh", None).await;
+    assert!(result.is_err(), "read with one fragment of a 2+2 file");
+}
