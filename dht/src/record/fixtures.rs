@@ -12,18 +12,18 @@ use prost::Message;
 use super::{Record, RecordKey};
 
 /// The time every test takes as now.
-pub(super) const NOW: i64 = 1_700_000_000;
+pub(crate) const NOW: i64 = 1_700_000_000;
 
-pub(super) static ALICE: LazyLock<PrivateKey> =
+pub(crate) static ALICE: LazyLock<PrivateKey> =
     LazyLock::new(|| PrivateKey::generate(2048).unwrap());
-pub(super) static BOB: LazyLock<PrivateKey> = LazyLock::new(|| PrivateKey::generate(2048).unwrap());
+pub(crate) static BOB: LazyLock<PrivateKey> = LazyLock::new(|| PrivateKey::generate(2048).unwrap());
 
-pub(super) fn node(key: &PrivateKey) -> NodeId {
+pub(crate) fn node(key: &PrivateKey) -> NodeId {
     key.public_key().node_id()
 }
 
 /// A signed identity document of `user` with `key`.
-pub(super) fn identity(key: &PrivateKey, user: &str) -> SignedIdentity {
+pub(crate) fn identity(key: &PrivateKey, user: &str) -> SignedIdentity {
     let document = IdentityDocument {
         user_id: user.parse().unwrap(),
         master_key: key.public_key().clone(),
@@ -34,7 +34,7 @@ pub(super) fn identity(key: &PrivateKey, user: &str) -> SignedIdentity {
     SignedIdentity::sign(document, key).unwrap()
 }
 
-pub(super) fn supplier_list(user: &str) -> Vec<u8> {
+pub(crate) fn supplier_list(user: &str) -> Vec<u8> {
     proto::dht::v1::SupplierList {
         user_id: user.into(),
         data: 2,
@@ -46,7 +46,7 @@ pub(super) fn supplier_list(user: &str) -> Vec<u8> {
 
 /// A supplier list padded with an unknown field (which decoders skip) to
 /// about `size` bytes.
-pub(super) fn padded_supplier_list(user: &str, size: usize) -> Vec<u8> {
+pub(crate) fn padded_supplier_list(user: &str, size: usize) -> Vec<u8> {
     let mut list = supplier_list(user);
     let pad = size.saturating_sub(list.len() + 8);
     // Field 15, wire type 2 (length-delimited).
@@ -61,7 +61,7 @@ pub(super) fn padded_supplier_list(user: &str, size: usize) -> Vec<u8> {
     list
 }
 
-pub(super) fn raw_body(
+pub(crate) fn raw_body(
     key: &str,
     record_type: i32,
     sequence: u64,
@@ -77,7 +77,7 @@ pub(super) fn raw_body(
     }
 }
 
-pub(super) fn sign_body(
+pub(crate) fn sign_body(
     key: &PrivateKey,
     body: proto::dht::v1::Record,
 ) -> proto::common::v1::Envelope {
@@ -87,7 +87,7 @@ pub(super) fn sign_body(
 }
 
 /// `suppliers/<user>` signed by `signer`.
-pub(super) fn suppliers_record(
+pub(crate) fn suppliers_record(
     signer: &PrivateKey,
     user: &str,
     sequence: u64,
@@ -101,7 +101,7 @@ pub(super) fn suppliers_record(
 
 /// `identity/<user>` signed by `signer`, holding the document of `user`
 /// made with `owner`'s key.
-pub(super) fn identity_record(
+pub(crate) fn identity_record(
     signer: &PrivateKey,
     owner: &PrivateKey,
     user: &str,
@@ -112,7 +112,7 @@ pub(super) fn identity_record(
 }
 
 /// Like [`identity_record`], with the document of another user ID than the key.
-pub(super) fn identity_record_with(
+pub(crate) fn identity_record_with(
     signer: &PrivateKey,
     document: SignedIdentity,
     key_user: &str,
@@ -133,7 +133,7 @@ pub(super) fn identity_record_with(
 
 /// `identity/<user>` made entirely by `squatter`: a document naming `user`
 /// with the squatter's key, in a record the squatter signs.
-pub(super) fn squatted_identity_record(
+pub(crate) fn squatted_identity_record(
     squatter: &PrivateKey,
     user: &str,
     sequence: u64,
@@ -142,6 +142,6 @@ pub(super) fn squatted_identity_record(
     identity_record(squatter, squatter, user, sequence, expires_unix)
 }
 
-pub(super) fn verified(wire: proto::common::v1::Envelope) -> Record {
+pub(crate) fn verified(wire: proto::common::v1::Envelope) -> Record {
     Record::verify(wire, NOW, Some(ALICE.public_key().node_id())).unwrap()
 }
