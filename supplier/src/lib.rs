@@ -13,6 +13,7 @@
 pub mod config;
 pub mod grant;
 pub mod metrics;
+pub mod records;
 pub mod service;
 pub mod store;
 
@@ -139,6 +140,7 @@ pub struct Supplier {
     cancel: CancellationToken,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     workers: Vec<JoinHandle<()>>,
+    dht: Option<dht::DhtHandle>,
     grace: std::time::Duration,
 }
 
@@ -215,8 +217,38 @@ impl Supplier {
         } else {
             None
         };
+        // The DHT: a server-mode node whose records live in the store.
+        let public = config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let dht = dht::DhtNode::new(
+            dht::Config::server(vec![public]),
+            net::Dialer::new(Arc::new(TlsIdentity::generate(&master)?)),
+        )
+        .with_store(Box::new(records::StoredRecords::new(
+            store.clone(),
+            MAX_DHT_RECORDS,
+        )))
+        .with_signers(Arc::new(records::KnownSigners::new(&store)))
+        .spawn()
+        .map_err(|e| Error::Config(format!("dht: {e}")))?;
+        if !config.bootstrap.is_empty() {
+            let (handle, seeds) = (dht.clone(), config.bootstrap.clone());
+            workers.push(tokio::spawn(async move {
+                match handle.bootstrap(seeds).await {
+                    Ok(answered) => info!(answered, "joined the DHT"),
+                    Err(e) => {
+                        warn!(error = %e, "cannot join the DHT yet; retrying in the background")
+                    }
+                }
+            }));
+        } else {
+            info!("no DHT seeds: starting a new network");
+        }
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_service(dht::DhtService::new(dht.clone()).into_server())
             .add_service(StorageServer::new(storage).max_decoding_message_size(TRANSPORT_LIMIT))
             .add_service(MailboxServer::new(mailbox).max_decoding_message_size(TRANSPORT_LIMIT))
             .add_optional_service(identity.map(|s| s.max_decoding_message_size(TRANSPORT_LIMIT)));
@@ -224,6 +256,7 @@ impl Supplier {
         workers.push(spawn_collector(
             store.clone(),
             metrics,
+            dht.clone(),
             config.staged_ttl,
             config.gc_interval,
             cancel.child_token(),
@@ -245,8 +278,14 @@ impl Supplier {
             cancel,
             server: Some(server),
             workers,
+            dht: Some(dht),
             grace: config.shutdown_grace,
         })
+    }
+
+    /// The DHT node; `None` after shutdown.
+    pub fn dht(&self) -> Option<&dht::DhtHandle> {
+        self.dht.as_ref()
     }
 
     /// The bound address of the metrics endpoint, if enabled.
@@ -281,7 +320,10 @@ impl Supplier {
                 }
             }
         }
-        // 3. Stop background workers (they watch the same token).
+        // 3. Stop background workers (they watch the same token) and the DHT.
+        if let Some(dht) = self.dht.take() {
+            dht.shutdown().await;
+        }
         for worker in self.workers.drain(..) {
             if tokio::time::timeout(self.grace, worker).await.is_err() {
                 warn!("a background worker did not stop in time");
@@ -306,6 +348,9 @@ impl Drop for Supplier {
     }
 }
 
+/// Most DHT records a supplier keeps.
+const MAX_DHT_RECORDS: usize = 100_000;
+
 /// What the transport accepts; `proto::codec` refuses anything over its
 /// (slightly lower) limit with `RESOURCE_EXHAUSTED`.
 const TRANSPORT_LIMIT: usize = proto::codec::TRANSPORT_MESSAGE_BYTES;
@@ -315,6 +360,7 @@ const TRANSPORT_LIMIT: usize = proto::codec::TRANSPORT_MESSAGE_BYTES;
 fn spawn_collector(
     store: Store,
     metrics: Metrics,
+    dht: dht::DhtHandle,
     ttl: std::time::Duration,
     interval: std::time::Duration,
     cancel: CancellationToken,
@@ -326,6 +372,9 @@ fn spawn_collector(
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = ticker.tick() => {}
+            }
+            if let Ok(stats) = dht.stats().await {
+                metrics.set_dht(stats.contacts as u64, stats.records as u64);
             }
             let cutoff = common::unix_now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
             match store.run(move |store| store.collect_staged(cutoff)).await {

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub fragments: Gauge<u64, AtomicU64>,
     /// Open `Subscribe` streams.
     pub subscriptions: Gauge,
+    /// Contacts in the DHT routing table.
+    pub dht_contacts: Gauge<u64, AtomicU64>,
+    /// DHT records held.
+    pub dht_records: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -51,6 +55,8 @@ impl Default for Metrics {
         let stored_bytes = Gauge::<u64, AtomicU64>::default();
         let fragments = Gauge::<u64, AtomicU64>::default();
         let subscriptions = Gauge::default();
+        let dht_contacts = Gauge::<u64, AtomicU64>::default();
+        let dht_records = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "requests",
             "gRPC requests by method and status",
@@ -72,6 +78,12 @@ impl Default for Metrics {
             "open update subscriptions",
             subscriptions.clone(),
         );
+        registry.register(
+            "dht_contacts",
+            "contacts in the DHT routing table",
+            dht_contacts.clone(),
+        );
+        registry.register("dht_records", "DHT records held", dht_records.clone());
         Self {
             registry: Arc::new(registry),
             requests,
@@ -79,6 +91,8 @@ impl Default for Metrics {
             stored_bytes,
             fragments,
             subscriptions,
+            dht_contacts,
+            dht_records,
         }
     }
 }
@@ -104,6 +118,12 @@ impl Metrics {
     pub fn set_usage(&self, bytes: u64, fragments: u64) {
         self.stored_bytes.set(bytes);
         self.fragments.set(fragments);
+    }
+
+    /// Sets the DHT gauges.
+    pub fn set_dht(&self, contacts: u64, records: u64) {
+        self.dht_contacts.set(contacts);
+        self.dht_records.set(records);
     }
 
     /// The Prometheus text exposition.

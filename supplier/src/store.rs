@@ -355,6 +355,29 @@ pub struct Store {
     write_lock: Arc<Mutex<()>>,
 }
 
+/// A handle that does not keep the database open.
+#[derive(Clone)]
+pub struct WeakStore {
+    db: std::sync::Weak<DB>,
+    write_lock: std::sync::Weak<Mutex<()>>,
+}
+
+impl WeakStore {
+    /// The store, if it is still open.
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            db: self.db.upgrade()?,
+            write_lock: self.write_lock.upgrade()?,
+        })
+    }
+}
+
+impl std::fmt::Debug for WeakStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakStore").finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
@@ -381,6 +404,15 @@ impl Store {
             store.write(batch)?;
         }
         Ok(store)
+    }
+
+    /// A handle for long-lived helpers that must not keep the database open
+    /// after the node shuts down.
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            db: Arc::downgrade(&self.db),
+            write_lock: Arc::downgrade(&self.write_lock),
+        }
     }
 
     /// Runs blocking store work on the blocking pool.
@@ -943,6 +975,43 @@ impl Store {
         batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
         self.write(batch)
+    }
+
+    // DHT records.
+
+    /// The DHT record stored under `key`.
+    pub fn record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Cf::Records, key.as_bytes())
+    }
+
+    /// Stores a DHT record (already validated by the DHT).
+    pub fn put_record(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Records)?, key.as_bytes(), value);
+        self.write(batch)
+    }
+
+    /// Removes a DHT record.
+    pub fn remove_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _guard = self.lock();
+        let old = self.get(Cf::Records, key.as_bytes())?;
+        if old.is_some() {
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(self.cf(Cf::Records)?, key.as_bytes());
+            self.write(batch)?;
+        }
+        Ok(old)
+    }
+
+    /// Every DHT record, as key and stored bytes.
+    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.scan(Cf::Records, &[], None)? {
+            let (key, value) = item?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), value.into_vec()));
+        }
+        Ok(out)
     }
 
     // Mailboxes.

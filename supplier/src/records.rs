@@ -1,0 +1,155 @@
+//! The DHT's record store on a supplier: records kept in RocksDB (through
+//! [`Store`]) so they survive restarts and keep being republished.
+//!
+//! Each value is the signer's node ID (32 bytes) followed by the record's
+//! envelope, so a record is verified again, against that signer, when it is
+//! read back.
+
+use common::id::NodeId;
+use dht::Error;
+use dht::record::{PutOutcome, Record, RecordKey, RecordStore, check_replacement};
+use prost::Message;
+
+use crate::store::{Store, WeakStore};
+
+/// Who signs the records of a user, as this supplier knows it: its
+/// customers (from their contracts) and the identities it hosts.
+#[derive(Debug, Clone)]
+pub struct KnownSigners {
+    store: WeakStore,
+}
+
+impl KnownSigners {
+    /// Signers known from `store`. The resolver does not keep the store
+    /// open: after shutdown it knows no one.
+    pub fn new(store: &Store) -> Self {
+        Self {
+            store: store.downgrade(),
+        }
+    }
+}
+
+impl dht::signer::SignerResolver for KnownSigners {
+    fn resolve<'a>(
+        &'a self,
+        user: &'a common::id::UserId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeId>> + Send + 'a>> {
+        let store = self.store.upgrade();
+        let user = user.to_string();
+        Box::pin(async move {
+            store?
+                .run(move |store| {
+                    if let Some(node) = store.customer(&user)? {
+                        return Ok(Some(node));
+                    }
+                    Ok(store
+                        .identity(&user)?
+                        .and_then(|bytes| common::identity::SignedIdentity::from_bytes(&bytes).ok())
+                        .map(|identity| identity.document().node_id()))
+                })
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+/// Records kept in the supplier's database, at most `cap`.
+#[derive(Debug)]
+pub struct StoredRecords {
+    store: Store,
+    cap: usize,
+}
+
+impl StoredRecords {
+    /// Records in `store`, at most `cap` of them.
+    pub fn new(store: Store, cap: usize) -> Self {
+        Self { store, cap }
+    }
+
+    fn load(&self, key: &str, now_unix: i64) -> Result<Option<Record>, Error> {
+        let Some(bytes) = self.store.record(key).map_err(store_error)? else {
+            return Ok(None);
+        };
+        decode(&bytes, now_unix)
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> Error {
+    Error::Store(Box::new(e))
+}
+
+/// A stored value back to a verified record; `None` when it has expired.
+fn decode(bytes: &[u8], now_unix: i64) -> Result<Option<Record>, Error> {
+    let (signer, envelope) = bytes
+        .split_at_checked(32)
+        .ok_or_else(|| Error::Store("a stored record is truncated".into()))?;
+    let signer = NodeId::from_slice(signer).map_err(|e| Error::Store(Box::new(e)))?;
+    let wire =
+        proto::common::v1::Envelope::decode(envelope).map_err(|e| Error::Store(Box::new(e)))?;
+    match Record::verify(wire, now_unix, Some(signer)) {
+        Ok(record) => Ok(Some(record)),
+        Err(Error::Expired { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    let mut bytes = record.signer().as_bytes().to_vec();
+    bytes.extend_from_slice(&record.to_proto().encode_to_vec());
+    bytes
+}
+
+impl RecordStore for StoredRecords {
+    fn get(&self, key: &RecordKey, now_unix: i64) -> Result<Option<Record>, Error> {
+        self.load(&key.to_string(), now_unix)
+    }
+
+    fn put(&mut self, record: Record, now_unix: i64) -> Result<PutOutcome, Error> {
+        let key = record.key().to_string();
+        let stored = self.load(&key, now_unix)?;
+        let outcome = check_replacement(stored.as_ref(), &record, now_unix)?;
+        if outcome == PutOutcome::Unchanged {
+            return Ok(outcome);
+        }
+        if stored.is_none() && self.store.records().map_err(store_error)?.len() >= self.cap {
+            return Err(Error::StoreFull { max: self.cap });
+        }
+        self.store
+            .put_record(&key, &encode(&record))
+            .map_err(store_error)?;
+        Ok(outcome)
+    }
+
+    fn remove(&mut self, key: &RecordKey) -> Result<Option<Record>, Error> {
+        let old = self
+            .store
+            .remove_record(&key.to_string())
+            .map_err(store_error)?;
+        Ok(old.and_then(|bytes| decode(&bytes, common::unix_now()).ok().flatten()))
+    }
+
+    fn expire(&mut self, now_unix: i64) -> Result<usize, Error> {
+        let mut expired = 0;
+        for (key, bytes) in self.store.records().map_err(store_error)? {
+            if !matches!(decode(&bytes, now_unix), Ok(Some(_))) {
+                self.store.remove_record(&key).map_err(store_error)?;
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    fn records(&self, now_unix: i64) -> Result<Vec<Record>, Error> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.store.records().map_err(store_error)? {
+            if let Ok(Some(record)) = decode(&bytes, now_unix) {
+                out.push(record);
+            }
+            if out.len() >= self.cap {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
