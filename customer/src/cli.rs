@@ -71,6 +71,8 @@ enum Command {
         /// Remote path.
         remote: String,
     },
+    /// Identity, suppliers and their health, and the DHT as seen from here.
+    Status,
 }
 
 /// Global options every command sees.
@@ -207,6 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get { remote, local } => files::get(&ctx, remote, local).await,
         Command::Ls { location } => files::ls(&ctx, location).await,
         Command::Rm { remote } => files::rm(&ctx, remote).await,
+        Command::Status => suppliers::status(&ctx).await,
     }
 }
 

@@ -10,6 +10,7 @@ use common::envelope::Envelope;
 use common::id::{KeyId, NodeId, UserId};
 use common::identity::SignedIdentity;
 use net::Dialer;
+use prost::Message;
 use proto::storage::v1::storage_client::StorageClient;
 use proto::storage::v1::{HireRequest, KeyRegistration, OfferRequest, RegisterKeyRequest};
 use tokio::sync::OnceCell;
@@ -56,6 +57,9 @@ pub enum SessionError {
         /// What it said.
         message: String,
     },
+    /// The DHT could not be used.
+    #[error("dht: {0}")]
+    Dht(String),
     /// A supplier could not be hired.
     #[error("cannot hire {addr}: {reason}")]
     Hire {
@@ -99,8 +103,9 @@ pub struct Session {
     identity: SignedIdentity,
     dialer: Dialer,
     suppliers: Option<SupplierSet>,
-    clients: Vec<OnceCell<StorageClient<Channel>>>,
+    channels: Vec<OnceCell<Channel>>,
     block_size: usize,
+    dht: OnceCell<dht::DhtHandle>,
 }
 
 impl Session {
@@ -116,7 +121,7 @@ impl Session {
         let dialer = crate::dialer(&master)?.with_connect_timeout(CONNECT_TIMEOUT);
         let suppliers = SupplierSet::load(home.dir()).map_err(SessionError::SupplierList)?;
         let count = suppliers.as_ref().map_or(0, |s| s.suppliers.len());
-        let clients = (0..count).map(|_| OnceCell::new()).collect();
+        let channels = (0..count).map(|_| OnceCell::new()).collect();
         Ok(Self {
             home,
             user: config.user_id,
@@ -124,8 +129,9 @@ impl Session {
             identity,
             dialer,
             suppliers,
-            clients,
+            channels,
             block_size: crate::pipeline::DEFAULT_BLOCK_SIZE,
+            dht: OnceCell::new(),
         })
     }
 
@@ -164,6 +170,12 @@ impl Session {
         self.suppliers.as_ref().ok_or(SessionError::NoSuppliers)
     }
 
+    /// Uses `set` as our suppliers from now on (after hiring).
+    pub fn set_suppliers(&mut self, set: SupplierSet) {
+        self.channels = (0..set.suppliers.len()).map(|_| OnceCell::new()).collect();
+        self.suppliers = Some(set);
+    }
+
     /// Publishes our identity if the identity server has not got this
     /// revision yet. Failure to reach it is reported, not fatal.
     pub async fn ensure_published(&self) -> Result<bool, SessionError> {
@@ -180,36 +192,33 @@ impl Session {
         Ok(true)
     }
 
-    /// The storage client of a position, connecting on first use.
-    pub async fn client(&self, position: u32) -> Result<StorageClient<Channel>, SessionError> {
+    /// The channel to the supplier at a position, connecting on first use.
+    pub async fn channel(&self, position: u32) -> Result<Channel, SessionError> {
         let set = self.suppliers()?;
-        let entry = set
-            .suppliers
-            .get(position as usize)
-            .ok_or_else(|| SessionError::Key(format!("no supplier at position {position}")))?;
-        let cell = self
-            .clients
-            .get(position as usize)
-            .ok_or_else(|| SessionError::Key(format!("no supplier at position {position}")))?;
-        let client = cell
+        let missing = || SessionError::Key(format!("no supplier at position {position}"));
+        let entry = set.suppliers.get(position as usize).ok_or_else(missing)?;
+        let cell = self.channels.get(position as usize).ok_or_else(missing)?;
+        let channel = cell
             .get_or_try_init(|| async {
-                let connection = self
-                    .dialer
+                self.dialer
                     .connect(&entry.addr, Some(entry.node_id))
                     .await
+                    .map(|connection| connection.channel)
                     .map_err(|e| SessionError::Unreachable {
                         position,
                         addr: entry.addr.clone(),
                         reason: e.to_string(),
-                    })?;
-                Ok::<_, SessionError>(
-                    StorageClient::new(connection.channel)
-                        .max_decoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES)
-                        .max_encoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES),
-                )
+                    })
             })
             .await?;
-        Ok(client.clone())
+        Ok(channel.clone())
+    }
+
+    /// The storage client of a position, connecting on first use.
+    pub async fn client(&self, position: u32) -> Result<StorageClient<Channel>, SessionError> {
+        Ok(StorageClient::new(self.channel(position).await?)
+            .max_decoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES))
     }
 
     /// The keys of a location we hold the private key of.
@@ -351,6 +360,178 @@ impl Session {
             .as_ref()
             .and_then(|s| s.suppliers.get(position as usize))
             .map(|e| e.node_id)
+    }
+}
+
+impl Session {
+    /// A client-mode DHT node, joined through the configured seeds and our
+    /// suppliers. Customers query the DHT but never store for others.
+    pub async fn dht(&self) -> Result<&dht::DhtHandle, SessionError> {
+        self.dht
+            .get_or_try_init(|| async {
+                let mut seeds = self.home.config()?.bootstrap;
+                if let Some(set) = &self.suppliers {
+                    seeds.extend(set.suppliers.iter().map(|s| s.addr.clone()));
+                }
+                if seeds.is_empty() {
+                    return Err(SessionError::Dht(
+                        "no seeds: set bootstrap in config.toml (silt init --bootstrap HOST:PORT)"
+                            .into(),
+                    ));
+                }
+                let signers = IdentitySigners {
+                    dialer: self.dialer.clone(),
+                    pins: self.home.pins(),
+                    me: self.user.clone(),
+                    my_node: self.master.public_key().node_id(),
+                };
+                let handle = dht::DhtNode::new(dht::Config::client(), self.dialer.clone())
+                    .with_signers(Arc::new(signers))
+                    .spawn()
+                    .map_err(|e| SessionError::Dht(e.to_string()))?;
+                handle
+                    .bootstrap(seeds)
+                    .await
+                    .map_err(|e| SessionError::Dht(format!("cannot join: {e}")))?;
+                Ok(handle)
+            })
+            .await
+    }
+
+    /// Finds `count` suppliers through the DHT: their node IDs and addresses.
+    pub async fn find_suppliers(
+        &self,
+        count: usize,
+    ) -> Result<Vec<(NodeId, String)>, SessionError> {
+        let dht = self.dht().await?;
+        let mut found: Vec<(NodeId, String)> = Vec::new();
+        for _ in 0..8 {
+            let target = dht::Key::from_array(rand::random());
+            let contacts = dht
+                .find_node(target)
+                .await
+                .map_err(|e| SessionError::Dht(e.to_string()))?;
+            for contact in contacts {
+                let Some(addr) = contact.endpoints().first() else {
+                    continue;
+                };
+                if !found.iter().any(|(id, _)| *id == contact.id()) {
+                    found.push((contact.id(), addr.clone()));
+                }
+            }
+            if found.len() >= count {
+                break;
+            }
+        }
+        if found.len() < count {
+            return Err(SessionError::Dht(format!(
+                "found {} suppliers, {count} were asked for",
+                found.len()
+            )));
+        }
+        found.truncate(count);
+        Ok(found)
+    }
+
+    /// Publishes our `suppliers/` record: to the DHT, and to each of our
+    /// suppliers, which keep it and republish it. Returns how many stored it.
+    pub async fn publish_suppliers(&self) -> Result<usize, SessionError> {
+        let set = self.suppliers()?;
+        let list = proto::dht::v1::SupplierList {
+            user_id: self.user.to_string(),
+            data: set.data,
+            parity: set.parity,
+            suppliers: set
+                .suppliers
+                .iter()
+                .map(|s| proto::dht::v1::NodeContact {
+                    node_id: s.node_id.as_bytes().to_vec(),
+                    endpoints: vec![s.addr.clone()],
+                })
+                .collect(),
+        };
+        let key = dht::record::RecordKey::suppliers(self.user.clone());
+        let sequence = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let expires = common::unix_now() + RECORD_LIFETIME_SECS;
+        let envelope =
+            dht::record::Record::seal(&self.master, &key, sequence, expires, list.encode_to_vec())
+                .map_err(|e| SessionError::Dht(e.to_string()))?;
+        let mut stored = 0;
+        for position in 0..set.suppliers.len() as u32 {
+            let Ok(channel) = self.channel(position).await else {
+                continue;
+            };
+            let mut dht_client = proto::dht::v1::dht_client::DhtClient::new(channel);
+            let mut request = tonic::Request::new(proto::dht::v1::StoreRequest {
+                sender: None,
+                record: Some(envelope.to_proto()),
+            });
+            request.set_timeout(CALL_TIMEOUT);
+            if dht_client.store(request).await.is_ok() {
+                stored += 1;
+            }
+        }
+        if let Ok(dht) = self.dht().await
+            && let Ok(report) = dht.put(&envelope).await
+        {
+            stored += report.remote;
+        }
+        if stored == 0 {
+            return Err(SessionError::Dht("no node stored our supplier list".into()));
+        }
+        Ok(stored)
+    }
+
+    /// The suppliers of `user`, from the DHT, checked against their
+    /// identity.
+    pub async fn suppliers_of(
+        &self,
+        user: &UserId,
+    ) -> Result<proto::dht::v1::SupplierList, SessionError> {
+        let dht = self.dht().await?;
+        let record = dht
+            .get(&dht::record::RecordKey::suppliers(user.clone()))
+            .await
+            .map_err(|e| SessionError::Dht(e.to_string()))?
+            .ok_or_else(|| SessionError::Dht(format!("no supplier list for {user}")))?;
+        proto::dht::v1::SupplierList::decode(record.value())
+            .map_err(|e| SessionError::Dht(format!("malformed supplier list: {e}")))
+    }
+}
+
+/// How long a published supplier list lives: just under the DHT's 48 hours;
+/// suppliers republish it meanwhile.
+const RECORD_LIFETIME_SECS: i64 = 47 * 3600;
+
+/// Finds who signs a user's records: our own key, or the key from their
+/// identity server, checked against our pins.
+#[derive(Debug)]
+struct IdentitySigners {
+    dialer: Dialer,
+    pins: common::identity::PinStore,
+    me: UserId,
+    my_node: NodeId,
+}
+
+impl dht::signer::SignerResolver for IdentitySigners {
+    fn resolve<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeId>> + Send + 'a>> {
+        Box::pin(async move {
+            if user == &self.me {
+                return Some(self.my_node);
+            }
+            let identity = idserver::fetch(&self.dialer, &user.idhost().server_addr(), user)
+                .await
+                .ok()?;
+            let key = &identity.document().master_key;
+            self.pins.check(user, key).ok()?;
+            Some(key.node_id())
+        })
     }
 }
 

@@ -20,7 +20,7 @@ pub(crate) enum SuppliersCommand {
         /// A supplier's HOST:PORT (repeatable; DNS names work).
         #[arg(long = "supplier")]
         suppliers: Vec<String>,
-        /// How many suppliers to find through the DHT.
+        /// How many suppliers to find through the DHT (without --supplier).
         #[arg(long)]
         count: Option<u32>,
         /// Erasure scheme k+m (default: by supplier count: 2 → 1+1, 4 → 2+2, 6 → 4+2, 8 → 5+3).
@@ -53,15 +53,13 @@ async fn hire(
     ecc: Option<String>,
     quota: ByteSize,
 ) -> Result<()> {
-    if addrs.is_empty() {
-        if count.is_some() {
-            bail!(
-                "finding suppliers through the DHT is not available yet; name them with --supplier HOST:PORT"
-            );
-        }
-        bail!("name the suppliers to hire with --supplier HOST:PORT (repeatable)");
+    if addrs.is_empty() && count.is_none() {
+        bail!(
+            "name the suppliers with --supplier HOST:PORT (repeatable), or find them with --count N"
+        );
     }
     if let Some(count) = count
+        && !addrs.is_empty()
         && count as usize != addrs.len()
     {
         bail!(
@@ -72,12 +70,26 @@ async fn hire(
     if SupplierSet::load(ctx.home.dir())?.is_some() {
         bail!("suppliers are already hired (see `silt suppliers list`)");
     }
+    let mut session = super::session(ctx)?;
+    let addrs = match (addrs.is_empty(), count) {
+        (true, Some(count)) => {
+            if count == 0 || count > 64 {
+                bail!("--count must be 1 to 64");
+            }
+            session
+                .find_suppliers(count as usize)
+                .await?
+                .into_iter()
+                .map(|(_, addr)| addr)
+                .collect()
+        }
+        _ => addrs,
+    };
     let n = u32::try_from(addrs.len())?;
     let scheme = match &ecc {
         Some(text) => parse_scheme(text, n)?,
         None => default_scheme(n)?,
     };
-    let session = super::session(ctx)?;
     if let Err(e) = session.ensure_published().await {
         ctx.out
             .warn(format_args!("could not publish your identity: {e}"));
@@ -89,6 +101,17 @@ async fn hire(
         suppliers: entries,
     };
     set.save(ctx.home.dir())?;
+    session.set_suppliers(set.clone());
+    // Publish the new list so others can find our data.
+    let published = match session.publish_suppliers().await {
+        Ok(stored) => Some(stored),
+        Err(e) => {
+            ctx.out.warn(format_args!(
+                "could not publish the supplier list in the DHT: {e}"
+            ));
+            None
+        }
+    };
     let mut human = format!(
         "hired {} suppliers, scheme {scheme}, {quota} each\n",
         set.suppliers.len()
@@ -107,6 +130,7 @@ async fn hire(
             "scheme": scheme.to_string(),
             "quota_bytes": quota.as_u64(),
             "suppliers": set.suppliers,
+            "published_to": published,
         }),
     );
     Ok(())
@@ -153,4 +177,74 @@ async fn probe(session: &Session, position: u32) -> Result<u64> {
     let mut request = tonic::Request::new(OfferRequest { requested_bytes: 0 });
     request.set_timeout(CALL_TIMEOUT.min(Duration::from_secs(5)));
     Ok(client.offer(request).await?.into_inner().available_bytes)
+}
+
+/// `silt status`.
+pub(crate) async fn status(ctx: &Ctx) -> Result<()> {
+    let session = super::session(ctx)?;
+    let identity = session.identity().document().clone();
+    let published = ctx
+        .home
+        .state()?
+        .published_revision
+        .is_some_and(|r| r >= identity.revision);
+    let mut human = format!(
+        "user:      {}\nnode id:   {}\npublished: {}\n",
+        identity.user_id,
+        identity.node_id(),
+        if published { "yes" } else { "no" }
+    );
+    let mut suppliers = Vec::new();
+    match session.suppliers() {
+        Ok(set) => {
+            human.push_str(&format!(
+                "suppliers: {} (scheme {})\n",
+                set.suppliers.len(),
+                set.scheme()
+            ));
+            for entry in set.suppliers.clone() {
+                let online = probe(&session, entry.position).await.is_ok();
+                human.push_str(&format!(
+                    "  position {}: {} {}\n",
+                    entry.position,
+                    entry.addr,
+                    if online { "online" } else { "offline" }
+                ));
+                suppliers.push(
+                    json!({ "position": entry.position, "addr": entry.addr, "online": online }),
+                );
+            }
+        }
+        Err(_) => human.push_str("suppliers: none hired\n"),
+    }
+    let dht = match session.dht().await {
+        Ok(handle) => {
+            let contacts = handle.stats().await.map(|s| s.contacts).unwrap_or(0);
+            let listed = session.suppliers_of(session.user()).await.ok();
+            human.push_str(&format!(
+                "dht:       joined, {contacts} contacts; our supplier list {}\n",
+                match &listed {
+                    Some(list) => format!("found ({} suppliers)", list.suppliers.len()),
+                    None => "not found".to_owned(),
+                }
+            ));
+            json!({ "joined": true, "contacts": contacts, "supplier_list_found": listed.is_some() })
+        }
+        Err(e) => {
+            human.push_str(&format!("dht:       not joined ({e})\n"));
+            json!({ "joined": false, "error": e.to_string() })
+        }
+    };
+    ctx.out.print(
+        human.trim_end(),
+        json!({
+            "user_id": identity.user_id.to_string(),
+            "node_id": identity.node_id().to_string(),
+            "published": published,
+            "suppliers": suppliers,
+            "dht": dht,
+            "daemon": "not available yet",
+        }),
+    );
+    Ok(())
 }
