@@ -19,7 +19,7 @@
 //! `identity/` record is self-certifying, so it proves only that whoever
 //! published the record first holds the key inside it: a squatter who beats
 //! the real user to it is believed until the record expires (see the known
-//! limits in `DESIGN-NOTES.md`). The resolver's answer, when it has one,
+//! limits in `docs/design/dht.md`). The resolver's answer, when it has one,
 //! always wins, and it is also checked against the key inside `identity/`
 //! records as a pin.
 
