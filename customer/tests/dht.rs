@@ -39,6 +39,9 @@ async fn network(n: usize) -> Network {
     })
     .await
     .expect("the suppliers never joined one DHT");
+    // Joining took lookups, which the node counts for operators.
+    let joined = suppliers[1].dht().unwrap().stats().await.unwrap();
+    assert!(joined.lookups >= 1, "{joined:?}");
     Network {
         suppliers,
         _dirs: dirs,

@@ -119,6 +119,41 @@ pub struct NodeStats {
     pub contacts: usize,
     /// Live records held.
     pub records: usize,
+    /// Lookups run since the node started.
+    pub lookups: u64,
+    /// Lookups that failed or reached no node.
+    pub lookups_failed: u64,
+    /// Time spent in lookups, in microseconds, summed.
+    pub lookup_micros: u64,
+}
+
+/// Counts of the node's lookups, for operators.
+#[derive(Debug, Default)]
+pub(crate) struct LookupCounters {
+    started: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl LookupCounters {
+    pub(crate) fn record(&self, elapsed: std::time::Duration, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.started.fetch_add(1, Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Relaxed);
+        }
+        self.micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    pub(crate) fn fill(&self, stats: &mut NodeStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.lookups = self.started.load(Relaxed);
+        stats.lookups_failed = self.failed.load(Relaxed);
+        stats.lookup_micros = self.micros.load(Relaxed);
+    }
 }
 
 /// Everything a node needs before it starts.
@@ -218,6 +253,7 @@ impl DhtNode {
             seeds: self.seeds,
             lookups: Semaphore::new(config.max_lookups.max(1)),
             resolutions: Semaphore::new(MAX_RESOLUTIONS),
+            lookup_counters: LookupCounters::default(),
             cancel: cancel.clone(),
             stopped: stopped.clone(),
             config,
@@ -397,6 +433,7 @@ pub(crate) struct Shared {
     seeds: SeedResolver,
     lookups: Semaphore,
     resolutions: Semaphore,
+    pub(crate) lookup_counters: LookupCounters,
     pub(crate) cancel: CancellationToken,
     stopped: CancellationToken,
 }

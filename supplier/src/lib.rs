@@ -374,7 +374,7 @@ fn spawn_collector(
                 _ = ticker.tick() => {}
             }
             if let Ok(stats) = dht.stats().await {
-                metrics.set_dht(stats.contacts as u64, stats.records as u64);
+                metrics.set_dht(&stats);
             }
             let cutoff = common::unix_now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
             match store.run(move |store| store.collect_staged(cutoff)).await {

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub dht_contacts: Gauge<u64, AtomicU64>,
     /// DHT records held.
     pub dht_records: Gauge<u64, AtomicU64>,
+    /// DHT lookups run.
+    pub dht_lookups: Gauge<u64, AtomicU64>,
+    /// DHT lookups that failed or reached no node.
+    pub dht_lookups_failed: Gauge<u64, AtomicU64>,
+    /// Seconds spent in DHT lookups, summed (divide by lookups for the mean).
+    pub dht_lookup_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -57,6 +63,9 @@ impl Default for Metrics {
         let subscriptions = Gauge::default();
         let dht_contacts = Gauge::<u64, AtomicU64>::default();
         let dht_records = Gauge::<u64, AtomicU64>::default();
+        let dht_lookups = Gauge::<u64, AtomicU64>::default();
+        let dht_lookups_failed = Gauge::<u64, AtomicU64>::default();
+        let dht_lookup_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "requests",
             "gRPC requests by method and status",
@@ -84,6 +93,17 @@ impl Default for Metrics {
             dht_contacts.clone(),
         );
         registry.register("dht_records", "DHT records held", dht_records.clone());
+        registry.register("dht_lookups", "DHT lookups run", dht_lookups.clone());
+        registry.register(
+            "dht_lookups_failed",
+            "DHT lookups that failed or reached no node",
+            dht_lookups_failed.clone(),
+        );
+        registry.register(
+            "dht_lookup_seconds",
+            "seconds spent in DHT lookups, summed",
+            dht_lookup_seconds.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -93,6 +113,9 @@ impl Default for Metrics {
             subscriptions,
             dht_contacts,
             dht_records,
+            dht_lookups,
+            dht_lookups_failed,
+            dht_lookup_seconds,
         }
     }
 }
@@ -121,9 +144,13 @@ impl Metrics {
     }
 
     /// Sets the DHT gauges.
-    pub fn set_dht(&self, contacts: u64, records: u64) {
-        self.dht_contacts.set(contacts);
-        self.dht_records.set(records);
+    pub fn set_dht(&self, stats: &dht::node::NodeStats) {
+        self.dht_contacts.set(stats.contacts as u64);
+        self.dht_records.set(stats.records as u64);
+        self.dht_lookups.set(stats.lookups);
+        self.dht_lookups_failed.set(stats.lookups_failed);
+        self.dht_lookup_seconds
+            .set(stats.lookup_micros as f64 / 1e6);
     }
 
     /// The Prometheus text exposition.

@@ -1189,6 +1189,10 @@ async fn metrics_and_health_answer() {
         "silt_supplier_stored_bytes 3",
         "silt_supplier_fragments 1",
         "silt_supplier_subscriptions 0",
+        "silt_supplier_dht_contacts",
+        "silt_supplier_dht_records",
+        "silt_supplier_dht_lookups",
+        "silt_supplier_dht_lookup_seconds",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

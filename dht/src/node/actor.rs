@@ -202,7 +202,9 @@ impl Actor {
             }
             Message::Seeds { seeds } => self.seeds = seeds,
             Message::Stats { reply } => {
-                let _ = reply.send(self.state.stats(common::unix_now()));
+                let mut stats = self.state.stats(common::unix_now());
+                self.shared.lookup_counters.fill(&mut stats);
+                let _ = reply.send(stats);
             }
             Message::Store {
                 sender,
@@ -449,6 +451,9 @@ impl State {
         NodeStats {
             contacts: self.table.len(),
             records,
+            lookups: 0,
+            lookups_failed: 0,
+            lookup_micros: 0,
         }
     }
 }

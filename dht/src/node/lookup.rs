@@ -25,6 +25,18 @@ use crate::record::Record;
 /// [`Record::verify_reply`] for every record received.
 pub(crate) async fn run(
     shared: &Shared,
+    query: Query<Record>,
+    expected_signer: Option<NodeId>,
+) -> Result<QueryResult<Record>, NodeError> {
+    let started = std::time::Instant::now();
+    let result = drive(shared, query, expected_signer).await;
+    let ok = matches!(&result, Ok(done) if !done.closest.is_empty());
+    shared.lookup_counters.record(started.elapsed(), ok);
+    result
+}
+
+async fn drive(
+    shared: &Shared,
     mut query: Query<Record>,
     expected_signer: Option<NodeId>,
 ) -> Result<QueryResult<Record>, NodeError> {
