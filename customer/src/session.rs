@@ -345,13 +345,24 @@ impl Session {
         if user == &self.user {
             return Ok(self.master.public_key().clone());
         }
-        let identity = idserver::fetch(&self.dialer, &user.idhost().server_addr(), user).await?;
-        let key = identity.document().master_key.clone();
-        self.home
-            .pins()
-            .check(user, &key)
-            .map_err(|e| SessionError::Key(e.to_string()))?;
-        Ok(key)
+        match idserver::fetch(&self.dialer, &user.idhost().server_addr(), user).await {
+            Ok(identity) => {
+                let key = identity.document().master_key.clone();
+                self.home
+                    .pins()
+                    .check(user, &key)
+                    .map_err(|e| SessionError::Key(e.to_string()))?;
+                Ok(key)
+            }
+            // The identity server is down: the DHT is the fallback.
+            Err(IdServerError::Unreachable { .. }) => Ok(self
+                .identity_from_dht(user)
+                .await?
+                .document()
+                .master_key
+                .clone()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The node ID of the supplier at `position`.
@@ -479,10 +490,59 @@ impl Session {
         {
             stored += report.remote;
         }
+        // Our identity goes along, for those who cannot reach our identity
+        // server; failing that is not fatal.
+        if let Err(e) = self.publish_identity_record().await {
+            tracing::debug!(error = %e, "identity record not published");
+        }
         if stored == 0 {
             return Err(SessionError::Dht("no node stored our supplier list".into()));
         }
         Ok(stored)
+    }
+
+    /// Publishes our identity document in the DHT as `identity/<user>`.
+    pub async fn publish_identity_record(&self) -> Result<usize, SessionError> {
+        let key = dht::record::RecordKey::identity(self.user.clone());
+        let sequence = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let envelope = dht::record::Record::seal(
+            &self.master,
+            &key,
+            sequence,
+            common::unix_now() + RECORD_LIFETIME_SECS,
+            self.identity.to_proto().encode_to_vec(),
+        )
+        .map_err(|e| SessionError::Dht(e.to_string()))?;
+        let report = self
+            .dht()
+            .await?
+            .put(&envelope)
+            .await
+            .map_err(|e| SessionError::Dht(e.to_string()))?;
+        Ok(report.remote)
+    }
+
+    /// The identity of `user` from the DHT (when its identity server cannot
+    /// be reached), checked against our pins.
+    pub async fn identity_from_dht(&self, user: &UserId) -> Result<SignedIdentity, SessionError> {
+        let record = self
+            .dht()
+            .await?
+            .get(&dht::record::RecordKey::identity(user.clone()))
+            .await
+            .map_err(|e| SessionError::Dht(e.to_string()))?
+            .ok_or_else(|| SessionError::Dht(format!("no identity for {user}")))?;
+        let identity = record.identity().cloned().ok_or_else(|| {
+            SessionError::Dht(format!("the identity record of {user} is malformed"))
+        })?;
+        self.home
+            .pins()
+            .check(user, &identity.document().master_key)
+            .map_err(|e| SessionError::Key(e.to_string()))?;
+        Ok(identity)
     }
 
     /// The suppliers of `user`, from the DHT, checked against their

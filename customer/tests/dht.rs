@@ -171,3 +171,32 @@ async fn the_command_line_hires_by_count_and_shows_the_dht() {
             .all(|s| s["online"] == true)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_resolve_through_the_dht_when_the_identity_server_is_down() {
+    let mut net = network(5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = customer(&dir, "alice", &net);
+    alice.ensure_published().await.unwrap();
+    assert!(alice.publish_identity_record().await.unwrap() >= 1);
+
+    // Bob's seed is a supplier that stays up; the identity server goes down.
+    let home = Home::new(dir.path().join("bob"));
+    home.init(
+        &InitOptions {
+            user_id: "bob@127.0.0.1_1".parse().unwrap(),
+            id_server: "127.0.0.1:1".into(),
+            bootstrap: vec![net.suppliers[1].local_addr().to_string()],
+            listen: "127.0.0.1:7700".parse().unwrap(),
+        },
+        2048,
+        None,
+    )
+    .unwrap();
+    let bob = Session::open(home.clone(), home.master_key(None).unwrap()).unwrap();
+    net.suppliers[0].shutdown().await;
+    let key = bob.master_key_of(alice.user()).await.unwrap();
+    assert_eq!(&key, alice.master().public_key());
+    // And the key is now pinned.
+    assert!(home.pins().get(alice.user()).unwrap().is_some());
+}

@@ -53,9 +53,14 @@ pub(crate) async fn run(ctx: &Ctx, command: IdentityCommand) -> Result<()> {
             let master = master_key(ctx)?;
             let server = ctx.home.config()?.id_server;
             let revision = publish(ctx, &master, &identity).await?;
+            // Also in the DHT, when there is one to reach.
+            let in_dht = match customer::session::Session::open(ctx.home.clone(), master) {
+                Ok(session) => session.publish_identity_record().await.ok(),
+                Err(_) => None,
+            };
             ctx.out.print(
                 format!("published {} to {server} (revision {revision})", identity.document().user_id),
-                json!({ "user_id": identity.document().user_id.to_string(), "revision": revision, "server": server }),
+                json!({ "user_id": identity.document().user_id.to_string(), "revision": revision, "server": server, "dht_nodes": in_dht }),
             );
             Ok(())
         }
