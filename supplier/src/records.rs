@@ -153,3 +153,56 @@ impl RecordStore for StoredRecords {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::crypto::PrivateKey;
+    use common::identity::{IdentityDocument, SignedIdentity};
+
+    use super::*;
+
+    #[test]
+    fn records_survive_a_reopen_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate(2048).unwrap();
+        let user: common::id::UserId = "alice@id-a".parse().unwrap();
+        let identity = SignedIdentity::sign(
+            IdentityDocument {
+                user_id: user.clone(),
+                master_key: key.public_key().clone(),
+                endpoints: vec![],
+                revision: 1,
+                created_unix: 1,
+            },
+            &key,
+        )
+        .unwrap();
+        let record_key = RecordKey::identity(user);
+        let now = common::unix_now();
+        let envelope = Record::seal(
+            &key,
+            &record_key,
+            1,
+            now + 60,
+            identity.to_proto().encode_to_vec(),
+        )
+        .unwrap();
+        let record = Record::verify(envelope.to_proto(), now, None).unwrap();
+        {
+            let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 10);
+            assert_eq!(
+                records.put(record.clone(), now).unwrap(),
+                PutOutcome::Inserted
+            );
+            assert_eq!(records.put(record, now).unwrap(), PutOutcome::Unchanged);
+        }
+        let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 10);
+        let back = records.get(&record_key, now).unwrap().unwrap();
+        assert_eq!(back.sequence(), 1);
+        assert_eq!(records.records(now).unwrap().len(), 1);
+        // Once expired it is neither served nor kept.
+        assert!(records.get(&record_key, now + 61).unwrap().is_none());
+        assert_eq!(records.expire(now + 61).unwrap(), 1);
+        assert!(records.records(now).unwrap().is_empty());
+    }
+}
