@@ -178,7 +178,7 @@ pub(crate) fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let text = error_text(&e);
+            let text = net::error_chain(e.as_ref());
             if json {
                 println!("{}", serde_json::json!({ "error": text }));
             }
@@ -211,23 +211,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rm { remote } => files::rm(&ctx, remote).await,
         Command::Status => suppliers::status(&ctx).await,
     }
-}
-
-/// An error and its causes on one line, leaving out causes whose text the
-/// outer message already includes.
-fn error_text(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 /// Opens a session: the home's master key (asking for its passphrase if it

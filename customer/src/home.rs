@@ -263,7 +263,7 @@ impl Home {
         passphrase: Option<&Passphrase>,
     ) -> Result<(), HomeError> {
         let _lock = self.lock()?;
-        self.check_empty()?;
+        self.ensure_empty()?;
         let keystore = self.keystore()?;
         let key_id = KeyId::master(options.user_id.clone());
         keystore.add_private(
@@ -312,7 +312,9 @@ impl Home {
         Ok(())
     }
 
-    fn check_empty(&self) -> Result<(), HomeError> {
+    /// Fails if this home already holds an identity (or the master key of an
+    /// interrupted init), so nothing is ever overwritten.
+    pub fn ensure_empty(&self) -> Result<(), HomeError> {
         if self.dir.join(CONFIG_FILE).exists() || self.dir.join(IDENTITY_FILE).exists() {
             let who = self
                 .config()

@@ -174,17 +174,7 @@ fn backup(ctx: &Ctx, out: PathBuf) -> Result<()> {
 }
 
 fn restore(ctx: &Ctx, file: PathBuf, protect: bool, listen: SocketAddr) -> Result<()> {
-    if ctx.home.is_initialised() {
-        let who = ctx
-            .home
-            .config()
-            .map(|c| c.user_id.to_string())
-            .unwrap_or_default();
-        bail!(
-            "{} is already initialised as {who}; restore into an empty home (--home DIR)",
-            ctx.home.dir().display()
-        );
-    }
+    ctx.home.ensure_empty()?;
     let passphrase = ctx.passphrase("Passphrase of the backup", false)?;
     let (identity, master) = identity::read_backup(&file, &passphrase)?;
     let document = identity.document();

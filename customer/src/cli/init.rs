@@ -45,17 +45,7 @@ pub(crate) async fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
             args.key_size
         );
     }
-    if ctx.home.is_initialised() {
-        let who = ctx
-            .home
-            .config()
-            .map(|c| c.user_id.to_string())
-            .unwrap_or_default();
-        bail!(
-            "{} is already initialised as {who}; refusing to overwrite it",
-            ctx.home.dir().display()
-        );
-    }
+    ctx.home.ensure_empty()?;
     let passphrase = if args.protect {
         Some(ctx.passphrase("Passphrase for the new master key", true)?)
     } else {
