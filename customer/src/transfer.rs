@@ -286,6 +286,7 @@ impl Session {
         let count = set.suppliers.len() as u32;
         let file = File::open(local).map_err(io_err(local))?;
         let metadata = file.metadata().map_err(io_err(local))?;
+        let file_len = metadata.len();
         let mtime_unix = metadata
             .modified()
             .ok()
@@ -343,7 +344,14 @@ impl Session {
             }
             let clients = clients.clone();
             let location = location.clone();
-            in_flight.spawn(upload_block(clients, location, object_id, version, block));
+            // Progress counts plaintext bytes: the block's share of the file.
+            let block_size = self.block_size() as u64;
+            let plaintext = file_len
+                .saturating_sub(block.index * block_size)
+                .min(block_size);
+            in_flight.spawn(upload_block(
+                clients, location, object_id, version, block, plaintext,
+            ));
         }
         drop(rx);
         while let Some(done) = in_flight.join_next().await {
@@ -733,16 +741,17 @@ fn flatten<T>(
     joined.map_err(|e| TransferError::Task(e.to_string()))?
 }
 
-/// Sends one block's fragments, one per position, in parallel.
+/// Sends one block's fragments, one per position, in parallel, and returns
+/// `plaintext`, the block's plaintext size, for progress.
 async fn upload_block(
     clients: Vec<proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>>,
     location: Location,
     object_id: ObjectId,
     version: u64,
     block: EncodedBlock,
+    plaintext: u64,
 ) -> Result<u64, TransferError> {
     let mut sends = JoinSet::new();
-    let plaintext_hint: u64 = block.fragments.iter().map(|f| f.len() as u64).sum();
     for (position, (fragment, client)) in block.fragments.into_iter().zip(clients).enumerate() {
         let reference = FragmentRef {
             location: Some(location.clone()),
@@ -789,7 +798,7 @@ async fn upload_block(
     while let Some(done) = sends.join_next().await {
         done.map_err(|e| TransferError::Task(e.to_string()))??;
     }
-    Ok(plaintext_hint)
+    Ok(plaintext)
 }
 
 /// Fetches fragments of one block until `need` arrived, trying positions in
