@@ -59,12 +59,16 @@ impl dht::signer::SignerResolver for KnownSigners {
 pub struct StoredRecords {
     store: Store,
     cap: usize,
+    /// Records held, counted once at start and kept up to date, so a put
+    /// does not scan the column family to enforce the cap.
+    count: usize,
 }
 
 impl StoredRecords {
     /// Records in `store`, at most `cap` of them.
     pub fn new(store: Store, cap: usize) -> Self {
-        Self { store, cap }
+        let count = store.records().map_or(0, |records| records.len());
+        Self { store, cap, count }
     }
 
     fn load(&self, key: &str, now_unix: i64) -> Result<Option<Record>, Error> {
@@ -134,6 +138,7 @@ impl RecordStore for StoredRecords {
         for (key, bytes) in self.store.records().map_err(store_error)? {
             if !matches!(decode(&bytes, now_unix), Ok(Some(_))) {
                 self.store.remove_record(&key).map_err(store_error)?;
+                self.count = self.count.saturating_sub(1);
                 expired += 1;
             }
         }
