@@ -5,8 +5,10 @@
 set -euo pipefail
 
 need=()
-if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' \
-    && ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+# Only libclang itself counts: libclang-cpp (present with plain llvm) is not
+# what bindgen loads.
+if ! ldconfig -p 2>/dev/null | grep -Eq '\blibclang(-[0-9.]+)?\.so' \
+    && ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1; then
     need+=(libclang-dev)
 fi
 if ! command -v c++ >/dev/null 2>&1; then
