@@ -14,7 +14,7 @@ use super::{FileMetadata, PipelineError};
 pub const METADATA_NONCE: [u8; NONCE_LEN] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// AES-GCM tag length: a sealed block is this much longer than its plaintext.
-pub(super) const TAG_LEN: usize = 16;
+pub(super) const TAG_LEN: usize = common::crypto::TAG_LEN;
 
 const BLOCK_DOMAIN: &[u8] = b"silt-block-v1";
 const METADATA_DOMAIN: &[u8] = b"silt-metadata-v1";
