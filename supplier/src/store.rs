@@ -5,9 +5,11 @@
 //! BlobDB column family, uncompressed (they are ciphertext); everything else
 //! is small and lz4-compressed.
 //!
-//! Every change is one `WriteBatch` written with WAL fsync, under one writer
-//! lock, so a check (quota, staged hashes) and the write it guards are
-//! atomic, and a crash leaves either the whole change or none of it.
+//! Every change is one `WriteBatch` under one writer lock, so a check (quota,
+//! staged hashes) and the write it guards are atomic, and a crash leaves
+//! either the whole change or none of it. Batches are written with WAL fsync,
+//! except staged fragments, which become durable with the synced commit that
+//! names them.
 //! `docs/design/storage.md` spells out the crash semantics. All calls block:
 //! async callers go through [`Store::run`], which moves them onto the
 //! blocking pool.
@@ -193,6 +195,29 @@ pub struct FragmentMeta {
     /// SHA-256 of the payload.
     #[prost(bytes = "vec", tag = "4")]
     pub sha256: Vec<u8>,
+}
+
+/// Whether files in `dir` can be opened with `O_DIRECT`. Some file systems
+/// refuse it (tmpfs before Linux 6.6, some FUSE and network file systems),
+/// and RocksDB would then fail its flushes. Creates `dir`.
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(".direct-io-probe");
+    let works = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    if !works {
+        tracing::info!(dir = %dir.display(), "no direct I/O here: flushes go through the page cache");
+    }
+    works
 }
 
 /// Key encodings. Every key that belongs to a customer starts with the
@@ -390,6 +415,10 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Flushes write every fragment a second time (after the WAL); through
+        // the page cache that copy was a fifth of a supplier's CPU during
+        // uploads. Direct I/O skips it where the file system allows it.
+        opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(dir));
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
@@ -452,6 +481,15 @@ impl Store {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Writes a batch to the WAL without waiting for the disk. Atomic like
+    /// every batch, but a power loss may drop it; the next synced write
+    /// makes it durable too, because the WAL is one ordered log and
+    /// recovery replays a prefix of it. Used for staged fragments, which
+    /// nobody can see until a synced commit names them.
+    fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        Ok(self.db.write_opt(batch, &WriteOptions::default())?)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -715,7 +753,7 @@ impl Store {
             owner.as_bytes(),
             contract.encode_to_vec(),
         );
-        self.write(batch)
+        self.write_unsynced(batch)
     }
 
     /// A fragment's metadata.
@@ -1307,6 +1345,47 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.fragment(&key).unwrap().unwrap(), data);
         assert_eq!(store.usage().unwrap(), (100_000, 1));
+    }
+
+    #[test]
+    fn flushed_fragments_read_back_with_and_without_direct_io() {
+        // /tmp is usually a disk file system, /dev/shm tmpfs (which takes
+        // O_DIRECT only on recent kernels): both must store and flush.
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+            dirs.push(shm);
+        }
+        for dir in dirs {
+            let owner = node(4);
+            let location = keys::location(&owner, "master");
+            let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+            {
+                let store = Store::open(dir.path()).unwrap();
+                store.hire(&owner, "dave@id-a", b"k", GIB, GIB).unwrap();
+                let mut fragments = Vec::new();
+                for block in 0..3 {
+                    let key = keys::fragment(&location, &[2; 32], 1, block, 0);
+                    store.stage(&owner, &key, &data, hash(&data), GIB).unwrap();
+                    fragments.push((block, 0, hash(&data)));
+                }
+                let commit = Commit {
+                    owner,
+                    location: location.clone(),
+                    object_id: [2; 32],
+                    version: 1,
+                    manifest: b"m".to_vec(),
+                    fragments,
+                    keep_versions: 3,
+                };
+                store.commit(&commit).unwrap().unwrap();
+                store.db.flush_cf(store.cf(Cf::Fragments).unwrap()).unwrap();
+            }
+            let store = Store::open(dir.path()).unwrap();
+            for block in 0..3 {
+                let key = keys::fragment(&location, &[2; 32], 1, block, 0);
+                assert_eq!(store.fragment(&key).unwrap().unwrap(), data);
+            }
+        }
     }
 
     proptest! {
