@@ -109,6 +109,9 @@ impl Dialer {
                 reason: "not a valid host:port",
             })?
             .connect_timeout(timeout)
+            .initial_stream_window_size(crate::http2::CLIENT_STREAM_WINDOW)
+            .initial_connection_window_size(crate::http2::CLIENT_CONNECTION_WINDOW)
+            .max_frame_size(crate::http2::MAX_FRAME)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);

@@ -22,6 +22,24 @@ pub mod server;
 pub use client::{Connection, Dialer};
 pub use peer::{ConnectionId, PeerInfo, peer};
 
+/// HTTP/2 flow control and framing, set on both ends of every Silt
+/// connection. hyper's defaults (1 MiB windows on a server, 16 KiB frames)
+/// made a megabyte fragment wait for window updates and cross h2 and TLS
+/// in 64 pieces; these let a few fragments per connection be in flight
+/// while bounding what one authenticated peer can make a node buffer.
+pub mod http2 {
+    /// What a supplier lets one stream (one request) send ahead.
+    pub const SERVER_STREAM_WINDOW: u32 = 2 << 20;
+    /// What a supplier lets one connection send ahead, all streams together.
+    pub const SERVER_CONNECTION_WINDOW: u32 = 4 << 20;
+    /// What a customer lets one stream (one download) send ahead.
+    pub const CLIENT_STREAM_WINDOW: u32 = 4 << 20;
+    /// What a customer lets one connection send ahead.
+    pub const CLIENT_CONNECTION_WINDOW: u32 = 16 << 20;
+    /// Largest HTTP/2 frame either end accepts.
+    pub const MAX_FRAME: u32 = 256 << 10;
+}
+
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

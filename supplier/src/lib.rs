@@ -247,6 +247,9 @@ impl Supplier {
             info!("no DHT seeds: starting a new network");
         }
         let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(net::http2::SERVER_STREAM_WINDOW)
+            .initial_connection_window_size(net::http2::SERVER_CONNECTION_WINDOW)
+            .max_frame_size(net::http2::MAX_FRAME)
             .add_service(health_service)
             .add_service(dht::DhtService::new(dht.clone()).into_server())
             .add_service(StorageServer::new(storage).max_decoding_message_size(TRANSPORT_LIMIT))
