@@ -2,9 +2,9 @@
 //!
 //! - Signatures are RSA-PSS with SHA-256 (salt of 32 bytes, MGF1-SHA-256) over
 //!   `"silt-<purpose>-v1" || 0x00 || message`, so a signature made for one
-//!   purpose never verifies for another. `ring` makes them (about six times
-//!   faster than `rsa`, and constant-time); `rsa` verifies them and is the
-//!   fallback for keys `ring` refuses. Both produce the same encoding.
+//!   purpose never verifies for another. `ring` makes and checks them
+//!   (several times faster than `rsa`, and constant-time); `rsa` is the
+//!   fallback for keys `ring` refuses. Both use the same encoding.
 //! - Key wrapping is RSA-OAEP with SHA-256.
 //! - Data is sealed with AES-256-GCM (ciphertext followed by the 16-byte tag),
 //!   by `ring`: in this workspace's dev profile RustCrypto's `aes-gcm` ran
@@ -279,7 +279,13 @@ impl fmt::Debug for PrivateKey {
 pub struct PublicKey {
     key: rsa::PublicKey,
     spki: Vec<u8>,
+    /// Modulus and exponent, big-endian, for `ring`'s verifier; `None` for
+    /// exponents `ring` does not take (it needs an odd e below 2^33).
+    ring_parts: Option<RingParts>,
 }
+
+/// An RSA public key's modulus and exponent, big-endian, as `ring` takes them.
+type RingParts = (Box<[u8]>, Box<[u8]>);
 
 impl PublicKey {
     fn from_rsa(key: rsa::PublicKey) -> Result<Self, CryptoError> {
@@ -291,7 +297,15 @@ impl PublicKey {
             .to_public_key_der()
             .map_err(|_| CryptoError::MalformedKey("cannot encode public key"))?
             .into_vec();
-        Ok(Self { key, spki })
+        let e = key.e_bytes();
+        let ring_parts =
+            (e.len() <= 4 && e.last().is_some_and(|b| b & 1 == 1) && e.as_ref() != [1])
+                .then(|| (key.n_bytes(), e));
+        Ok(Self {
+            key,
+            spki,
+            ring_parts,
+        })
     }
 
     /// Decodes SubjectPublicKeyInfo DER, as received from a peer. Only the
@@ -351,6 +365,29 @@ impl PublicKey {
         if signature.len() != self.key.size() {
             return Err(CryptoError::BadSignature);
         }
+        if let Some((n, e)) = &self.ring_parts {
+            return ring::signature::RsaPublicKeyComponents {
+                n: n.as_ref(),
+                e: e.as_ref(),
+            }
+            .verify(
+                &ring::signature::RSA_PSS_2048_8192_SHA256,
+                &purpose.framed(message),
+                signature,
+            )
+            .map_err(|_| CryptoError::BadSignature);
+        }
+        self.verify_with_rsa(purpose, message, signature)
+    }
+
+    /// The same check made by `rsa`: the fallback, and the reference the
+    /// tests hold `ring` to.
+    fn verify_with_rsa(
+        &self,
+        purpose: Purpose,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), CryptoError> {
         let digest = purpose.digest(message);
         self.key
             .pss_verify_prehash::<Sha256>(&digest, signature)
@@ -520,8 +557,20 @@ mod tests {
             assert_eq!(by_ring.len(), bits / 8);
             public.verify(Purpose::Manifest, b"body", &by_ring).unwrap();
             public.verify(Purpose::Manifest, b"body", &by_rsa).unwrap();
-            assert!(public.verify(Purpose::Audit, b"body", &by_ring).is_err());
-            assert!(public.verify(Purpose::Manifest, b"bodY", &by_ring).is_err());
+            assert!(public.ring_parts.is_some(), "ring takes e = 65537");
+            public
+                .verify_with_rsa(Purpose::Manifest, b"body", &by_ring)
+                .unwrap();
+            public
+                .verify_with_rsa(Purpose::Manifest, b"body", &by_rsa)
+                .unwrap();
+            for check in [PublicKey::verify, PublicKey::verify_with_rsa] {
+                assert!(check(public, Purpose::Audit, b"body", &by_ring).is_err());
+                assert!(check(public, Purpose::Manifest, b"bodY", &by_ring).is_err());
+                let mut flipped = by_rsa.clone();
+                flipped[bits / 16] ^= 1;
+                assert!(check(public, Purpose::Manifest, b"body", &flipped).is_err());
+            }
         }
     }
 
