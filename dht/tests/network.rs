@@ -616,7 +616,11 @@ async fn the_service_trusts_only_the_handshake() -> Result<()> {
             sender: Some(own.to_proto()),
         }))
         .await?;
-    ensure!(server.handle.stats().await?.contacts == 1);
+    // The node actor adds it after the reply went out.
+    eventually("the caller's contact", Duration::from_secs(10), || async {
+        Ok(server.handle.stats().await?.contacts == 1)
+    })
+    .await?;
 
     // Malformed requests.
     let status = client
