@@ -167,9 +167,8 @@ impl Supplier {
 
         let cancel = CancellationToken::new();
         let metrics = Metrics::default();
-        if let Ok((bytes, fragments)) = store.run(|store| store.usage()).await {
-            metrics.set_usage(bytes, fragments);
-        }
+        let (bytes, fragments) = store.usage();
+        metrics.set_usage(bytes, fragments);
         let mut workers = Vec::new();
         let metrics_addr = match config.metrics {
             Some(addr) => {
@@ -387,9 +386,8 @@ fn spawn_collector(
                         count,
                         bytes, "collected staged fragments no manifest claimed"
                     );
-                    if let Ok((bytes, fragments)) = store.run(|store| store.usage()).await {
-                        metrics.set_usage(bytes, fragments);
-                    }
+                    let (bytes, fragments) = store.usage();
+                    metrics.set_usage(bytes, fragments);
                 }
                 Err(e) => warn!(error = %e, "collecting staged fragments failed"),
             }

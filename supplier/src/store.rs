@@ -319,6 +319,15 @@ pub struct MailboxEntry {
     pub message: Vec<u8>,
 }
 
+/// A committed fragment as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFragment {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Its SHA-256, checked on this read.
+    pub sha256: Vec<u8>,
+}
+
 /// A commit the store should make atomically.
 #[derive(Debug)]
 pub struct Commit {
@@ -376,15 +385,27 @@ pub struct Removed {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
-    /// Serialises every change, so checks and writes are atomic together.
-    write_lock: Arc<Mutex<()>>,
+    /// Serialises every change, so checks and writes are atomic together,
+    /// and holds the totals those checks need.
+    write_lock: Arc<Mutex<Ledger>>,
+}
+
+/// Totals kept in memory so that checks do not scan the database. Computed
+/// when the store opens and changed only under the write lock, after the
+/// batch that changes the stored figures has been written.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// The sum of every contract's `used_bytes`.
+    used_bytes: u64,
+    /// How many fragments are committed, for metrics.
+    committed_fragments: u64,
 }
 
 /// A handle that does not keep the database open.
 #[derive(Clone)]
 pub struct WeakStore {
     db: std::sync::Weak<DB>,
-    write_lock: std::sync::Weak<Mutex<()>>,
+    write_lock: std::sync::Weak<Mutex<Ledger>>,
 }
 
 impl WeakStore {
@@ -432,6 +453,12 @@ impl Store {
             batch.put_cf(store.cf(Cf::Meta)?, SCHEMA_KEY, SCHEMA_VERSION);
             store.write(batch)?;
         }
+        let used_bytes = store.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
+        let committed_fragments = store.count_committed(&[])?;
+        *store.lock() = Ledger {
+            used_bytes,
+            committed_fragments,
+        };
         Ok(store)
     }
 
@@ -492,7 +519,7 @@ impl Store {
         Ok(self.db.write_opt(batch, &WriteOptions::default())?)
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
         self.write_lock
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -629,8 +656,9 @@ impl Store {
 
     /// Ends a contract and deletes everything the customer stored.
     pub fn release(&self, owner: &NodeId) -> Result<(), StoreError> {
-        let _guard = self.lock();
+        let mut ledger = self.lock();
         let contract = self.contract(owner)?.ok_or(StoreError::NoContract)?;
+        let committed = self.count_committed(owner.as_bytes())?;
         let start = owner.as_bytes().to_vec();
         let end = keys::prefix_end(&start);
         let mut batch = WriteBatch::default();
@@ -652,7 +680,10 @@ impl Store {
         }
         batch.delete_cf(self.cf(Cf::Contracts)?, owner.as_bytes());
         batch.delete_cf(self.cf(Cf::Customers)?, contract.user_id.as_bytes());
-        self.write(batch)
+        self.write(batch)?;
+        ledger.used_bytes = ledger.used_bytes.saturating_sub(contract.used_bytes);
+        ledger.committed_fragments = ledger.committed_fragments.saturating_sub(committed);
+        Ok(())
     }
 
     // Share keys.
@@ -707,7 +738,7 @@ impl Store {
         sha256: [u8; 32],
         capacity: u64,
     ) -> Result<(), StoreError> {
-        let _guard = self.lock();
+        let mut ledger = self.lock();
         let mut contract = self.contract(owner)?.ok_or(StoreError::NoContract)?;
         let previous: Option<FragmentMeta> = self.get_message(Cf::FragmentMeta, key)?;
         if let Some(previous) = &previous
@@ -731,14 +762,13 @@ impl Store {
                 needed,
             });
         }
-        let used_total: u64 = self.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
-        if used_total + needed > capacity {
+        if ledger.used_bytes + needed > capacity {
             return Err(StoreError::Full {
                 needed,
-                free: capacity.saturating_sub(used_total),
+                free: capacity.saturating_sub(ledger.used_bytes),
             });
         }
-        contract.used_bytes = contract.used_bytes + size - freed;
+        contract.used_bytes = (contract.used_bytes + size).saturating_sub(freed);
         let meta = FragmentMeta {
             committed: false,
             staged_unix: common::unix_now(),
@@ -753,7 +783,9 @@ impl Store {
             owner.as_bytes(),
             contract.encode_to_vec(),
         );
-        self.write_unsynced(batch)
+        self.write_unsynced(batch)?;
+        ledger.used_bytes = (ledger.used_bytes + size).saturating_sub(freed);
+        Ok(())
     }
 
     /// A fragment's metadata.
@@ -762,7 +794,7 @@ impl Store {
     }
 
     /// A committed fragment's payload, checked against its recorded hash.
-    pub fn fragment(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn fragment(&self, key: &[u8]) -> Result<Option<StoredFragment>, StoreError> {
         let Some(meta) = self.fragment_meta(key)? else {
             return Ok(None);
         };
@@ -777,14 +809,17 @@ impl Store {
                 "fragment payload does not match its hash".into(),
             ));
         }
-        Ok(Some(payload))
+        Ok(Some(StoredFragment {
+            payload,
+            sha256: meta.sha256,
+        }))
     }
 
     /// Makes a version visible: checks every staged fragment against the
     /// manifest, marks them committed, stores the manifest, and drops the
     /// oldest versions beyond `keep_versions`, in one batch.
     pub fn commit(&self, commit: &Commit) -> Result<Result<Removed, CommitRefusal>, StoreError> {
-        let _guard = self.lock();
+        let mut ledger = self.lock();
         let manifest_key = keys::manifest(&commit.location, &commit.object_id, commit.version);
         if let Some(existing) = self.get(Cf::Manifests, &manifest_key)? {
             return Ok(if existing == commit.manifest {
@@ -794,6 +829,7 @@ impl Store {
             });
         }
         let mut batch = WriteBatch::default();
+        let mut newly_committed = std::collections::BTreeSet::new();
         for &(block, position, sha256) in &commit.fragments {
             let key = keys::fragment(
                 &commit.location,
@@ -808,8 +844,11 @@ impl Store {
             if meta.sha256 != sha256 {
                 return Ok(Err(CommitRefusal::HashMismatch { block, position }));
             }
-            meta.committed = true;
-            batch.put_cf(self.cf(Cf::FragmentMeta)?, &key, meta.encode_to_vec());
+            if !meta.committed {
+                meta.committed = true;
+                batch.put_cf(self.cf(Cf::FragmentMeta)?, &key, meta.encode_to_vec());
+                newly_committed.insert(key);
+            }
         }
         batch.put_cf(self.cf(Cf::Manifests)?, &manifest_key, &commit.manifest);
 
@@ -819,16 +858,22 @@ impl Store {
         versions.sort_unstable();
         let excess = versions.len().saturating_sub(commit.keep_versions.max(1));
         let mut removed = Removed::default();
+        let mut uncommitted = 0;
         for &old in versions.iter().take(excess) {
             if old == commit.version {
                 continue;
             }
-            removed.bytes +=
+            let (bytes, fragments) =
                 self.delete_version(&mut batch, &commit.location, &commit.object_id, old)?;
+            removed.bytes += bytes;
+            uncommitted += fragments;
             removed.versions.push(old);
         }
-        self.charge_release(&mut batch, &commit.owner, removed.bytes)?;
+        let released = self.charge_release(&mut batch, &commit.owner, removed.bytes)?;
         self.write(batch)?;
+        ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
+        ledger.committed_fragments =
+            (ledger.committed_fragments + newly_committed.len() as u64).saturating_sub(uncommitted);
         Ok(Ok(removed))
     }
 
@@ -846,47 +891,63 @@ impl Store {
     }
 
     /// Adds the deletion of one version (manifest, fragments) to `batch` and
-    /// returns the bytes it frees.
+    /// returns the bytes it frees and how many committed fragments it drops.
     fn delete_version(
         &self,
         batch: &mut WriteBatch,
         location: &[u8],
         object_id: &[u8; 32],
         version: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         batch.delete_cf(
             self.cf(Cf::Manifests)?,
             keys::manifest(location, object_id, version),
         );
         let prefix = keys::manifest(location, object_id, version);
-        let mut freed = 0;
+        let (mut freed, mut committed) = (0, 0);
         for item in self.scan(Cf::FragmentMeta, &prefix, None)? {
             let (key, value) = item?;
-            freed += FragmentMeta::decode(&*value)?.size;
+            let meta = FragmentMeta::decode(&*value)?;
+            freed += meta.size;
+            committed += u64::from(meta.committed);
             batch.delete_cf(self.cf(Cf::FragmentMeta)?, &key);
             batch.delete_cf(self.cf(Cf::Fragments)?, &key);
         }
-        Ok(freed)
+        Ok((freed, committed))
     }
 
+    /// How many committed fragments have keys starting with `prefix`.
+    fn count_committed(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for item in self.scan(Cf::FragmentMeta, prefix, None)? {
+            let (_, value) = item?;
+            count += u64::from(FragmentMeta::decode(&*value)?.committed);
+        }
+        Ok(count)
+    }
+
+    /// Adds to `batch` the lowering of `owner`'s used bytes by `freed`, and
+    /// returns by how much the stored figure falls, for the ledger.
     fn charge_release(
         &self,
         batch: &mut WriteBatch,
         owner: &NodeId,
         freed: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if freed == 0 {
-            return Ok(());
+            return Ok(0);
         }
-        if let Some(mut contract) = self.contract(owner)? {
-            contract.used_bytes = contract.used_bytes.saturating_sub(freed);
-            batch.put_cf(
-                self.cf(Cf::Contracts)?,
-                owner.as_bytes(),
-                contract.encode_to_vec(),
-            );
-        }
-        Ok(())
+        let Some(mut contract) = self.contract(owner)? else {
+            return Ok(0);
+        };
+        let released = freed.min(contract.used_bytes);
+        contract.used_bytes -= released;
+        batch.put_cf(
+            self.cf(Cf::Contracts)?,
+            owner.as_bytes(),
+            contract.encode_to_vec(),
+        );
+        Ok(released)
     }
 
     /// Deletes one version of an object, or all of them (`version` None).
@@ -897,25 +958,30 @@ impl Store {
         object_id: &[u8; 32],
         version: Option<u64>,
     ) -> Result<Removed, StoreError> {
-        let _guard = self.lock();
+        let mut ledger = self.lock();
         let versions = match version {
             Some(v) => vec![v],
             None => self.versions(location, object_id)?,
         };
         let mut batch = WriteBatch::default();
         let mut removed = Removed::default();
+        let mut uncommitted = 0;
         for version in versions {
             let existed = self
                 .get(Cf::Manifests, &keys::manifest(location, object_id, version))?
                 .is_some();
-            let freed = self.delete_version(&mut batch, location, object_id, version)?;
+            let (freed, fragments) =
+                self.delete_version(&mut batch, location, object_id, version)?;
+            uncommitted += fragments;
             if existed || freed > 0 {
                 removed.versions.push(version);
                 removed.bytes += freed;
             }
         }
-        self.charge_release(&mut batch, owner, removed.bytes)?;
+        let released = self.charge_release(&mut batch, owner, removed.bytes)?;
         self.write(batch)?;
+        ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
+        ledger.committed_fragments = ledger.committed_fragments.saturating_sub(uncommitted);
         Ok(removed)
     }
 
@@ -958,7 +1024,7 @@ impl Store {
     /// Deletes staged fragments older than `staged_before` (Unix seconds)
     /// that no manifest claimed. Returns how many and the bytes freed.
     pub fn collect_staged(&self, staged_before: i64) -> Result<(usize, u64), StoreError> {
-        let _guard = self.lock();
+        let mut ledger = self.lock();
         let mut batch = WriteBatch::default();
         let mut freed_by: std::collections::BTreeMap<NodeId, u64> = Default::default();
         let mut count = 0;
@@ -976,27 +1042,23 @@ impl Store {
             count += 1;
         }
         let mut total = 0;
+        let mut released = 0;
         for (owner, freed) in freed_by {
-            self.charge_release(&mut batch, &owner, freed)?;
+            released += self.charge_release(&mut batch, &owner, freed)?;
             total += freed;
         }
         if count > 0 {
             self.write(batch)?;
+            ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
         }
         Ok((count, total))
     }
 
     /// Stored bytes (all contracts) and committed fragments, for metrics.
-    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
-        let bytes = self.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
-        let mut fragments = 0;
-        for item in self.scan(Cf::FragmentMeta, &[], None)? {
-            let (_, value) = item?;
-            if FragmentMeta::decode(&*value)?.committed {
-                fragments += 1;
-            }
-        }
-        Ok((bytes, fragments))
+    /// Kept in memory: no database access.
+    pub fn usage(&self) -> (u64, u64) {
+        let ledger = self.lock();
+        (ledger.used_bytes, ledger.committed_fragments)
     }
 
     /// Replaces a committed fragment's bytes and recorded hash, as a faulty
@@ -1214,7 +1276,7 @@ mod tests {
             Err(CommitRefusal::VersionExists(1))
         );
 
-        assert_eq!(store.fragment(&a).unwrap().unwrap(), vec![1; 300]);
+        assert_eq!(store.fragment(&a).unwrap().unwrap().payload, vec![1; 300]);
         let page = store.manifests(&location, None, None, 10).unwrap();
         assert_eq!(page.manifests, vec![b"manifest-1".to_vec()]);
         assert!(page.last.is_some());
@@ -1318,6 +1380,97 @@ mod tests {
         assert_eq!(store.fragment_meta(&key).unwrap(), None);
     }
 
+    /// What `usage()` should say, computed from the database.
+    fn stored_usage(store: &Store) -> (u64, u64) {
+        let bytes = store
+            .contracts()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.used_bytes)
+            .sum();
+        (bytes, store.count_committed(&[]).unwrap())
+    }
+
+    #[test]
+    fn kept_totals_follow_every_change_and_bound_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (alice, bob) = (node(1), node(2));
+        store
+            .hire(&alice, "alice@id-a", b"k", 1 << 20, GIB)
+            .unwrap();
+        store.hire(&bob, "bob@id-a", b"k", 1 << 20, GIB).unwrap();
+        let (la, lb) = (
+            keys::location(&alice, "master"),
+            keys::location(&bob, "master"),
+        );
+        let object = [3; 32];
+        let stage = |owner: &NodeId, key: &[u8], len: usize, capacity: u64| {
+            let data = vec![len as u8; len];
+            store.stage(owner, key, &data, hash(&data), capacity)
+        };
+        let commit = |owner: NodeId, location: &[u8], version: u64, len: usize| {
+            let data = vec![len as u8; len];
+            store.commit(&Commit {
+                owner,
+                location: location.to_vec(),
+                object_id: object,
+                version,
+                manifest: vec![version as u8],
+                fragments: vec![(0, 0, hash(&data))],
+                keep_versions: 2,
+            })
+        };
+
+        // Capacity counts every customer: Alice's 700 bytes leave Bob 300.
+        stage(&alice, &keys::fragment(&la, &object, 1, 0, 0), 700, 1000).unwrap();
+        let err = stage(&bob, &keys::fragment(&lb, &object, 1, 0, 0), 400, 1000).unwrap_err();
+        assert!(matches!(err, StoreError::Full { free: 300, .. }), "{err:?}");
+        assert_eq!(store.usage(), (700, 0));
+        // Replacing a staged fragment charges only the difference.
+        stage(&alice, &keys::fragment(&la, &object, 1, 0, 0), 200, 1000).unwrap();
+        stage(&bob, &keys::fragment(&lb, &object, 1, 0, 0), 400, 1000).unwrap();
+        assert_eq!(store.usage(), (600, 0));
+        assert_eq!(store.usage(), stored_usage(&store));
+
+        commit(alice, &la, 1, 200).unwrap().unwrap();
+        commit(bob, &lb, 1, 400).unwrap().unwrap();
+        assert_eq!(store.usage(), (600, 2));
+        // Committing the same manifest again changes nothing.
+        commit(alice, &la, 1, 200).unwrap().unwrap();
+        assert_eq!(store.usage(), (600, 2));
+        // Retention drops Alice's version 1 when version 3 commits.
+        for version in [2, 3] {
+            stage(
+                &alice,
+                &keys::fragment(&la, &object, version, 0, 0),
+                50,
+                GIB,
+            )
+            .unwrap();
+            commit(alice, &la, version, 50).unwrap().unwrap();
+        }
+        assert_eq!(store.usage(), (500, 3));
+        assert_eq!(store.usage(), stored_usage(&store));
+
+        // A staged fragment no manifest claims is collected.
+        stage(&bob, &keys::fragment(&lb, &object, 2, 0, 0), 10, GIB).unwrap();
+        assert_eq!(store.usage(), (510, 3));
+        store.collect_staged(common::unix_now() + 1).unwrap();
+        assert_eq!(store.usage(), (500, 3));
+
+        store.delete(&alice, &la, &object, Some(2)).unwrap();
+        assert_eq!(store.usage(), (450, 2));
+        assert_eq!(store.usage(), stored_usage(&store));
+        store.release(&bob).unwrap();
+        assert_eq!(store.usage(), (50, 1));
+        assert_eq!(store.usage(), stored_usage(&store));
+
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.usage(), (50, 1));
+    }
+
     #[test]
     fn committed_data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1343,8 +1496,8 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.fragment(&key).unwrap().unwrap(), data);
-        assert_eq!(store.usage().unwrap(), (100_000, 1));
+        assert_eq!(store.fragment(&key).unwrap().unwrap().payload, data);
+        assert_eq!(store.usage(), (100_000, 1));
     }
 
     #[test]
@@ -1383,7 +1536,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             for block in 0..3 {
                 let key = keys::fragment(&location, &[2; 32], 1, block, 0);
-                assert_eq!(store.fragment(&key).unwrap().unwrap(), data);
+                assert_eq!(store.fragment(&key).unwrap().unwrap().payload, data);
             }
         }
     }

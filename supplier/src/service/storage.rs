@@ -72,7 +72,9 @@ impl Default for StorageLimits {
     }
 }
 
-const READ_CHUNK: usize = 256 * 1024;
+/// Bytes per `GetFragment` chunk message: fragments of default blocks fit
+/// in one, well under the message limit.
+const READ_CHUNK: usize = 8 << 20;
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_ENVELOPE: usize = 64 * 1024;
@@ -308,10 +310,9 @@ impl StorageService {
         });
     }
 
-    async fn refresh_usage(&self) {
-        if let Ok((bytes, fragments)) = self.store.run(|store| store.usage()).await {
-            self.metrics.set_usage(bytes, fragments);
-        }
+    fn refresh_usage(&self) {
+        let (bytes, fragments) = self.store.usage();
+        self.metrics.set_usage(bytes, fragments);
     }
 
     // Handlers. Each returns our Error; the trait impl maps it and counts it.
@@ -378,7 +379,7 @@ impl StorageService {
         let owner = peer.node_id;
         self.run(move |store| store.release(&owner)).await?;
         info!(customer = %owner.fmt_short(), "contract released");
-        self.refresh_usage().await;
+        self.refresh_usage();
         Ok(ReleaseResponse {})
     }
 
@@ -691,7 +692,7 @@ impl StorageService {
         let (_, key) = self
             .fragment_ref(peer, request.fragment, Access::Read)
             .await?;
-        let payload = self
+        let fragment = self
             .run(move |store| store.fragment(&key))
             .await
             .map_err(|e| match e {
@@ -701,15 +702,26 @@ impl StorageService {
             .ok_or_else(|| Error::NotFound("no such fragment".into()))?;
         let header = FragmentHeader {
             fragment: reference,
-            size: payload.len() as u64,
-            sha256: common::crypto::sha256(&payload).to_vec(),
+            size: fragment.payload.len() as u64,
+            sha256: fragment.sha256,
         };
         let mut parts = vec![GetFragmentResponse {
             part: Some(get_fragment_response::Part::Header(header)),
         }];
-        parts.extend(payload.chunks(READ_CHUNK).map(|chunk| GetFragmentResponse {
-            part: Some(get_fragment_response::Part::Chunk(chunk.to_vec())),
-        }));
+        let chunk = |bytes| GetFragmentResponse {
+            part: Some(get_fragment_response::Part::Chunk(bytes)),
+        };
+        if fragment.payload.len() <= READ_CHUNK {
+            // The usual case: the whole fragment in one message, no copy.
+            parts.push(chunk(fragment.payload));
+        } else {
+            parts.extend(
+                fragment
+                    .payload
+                    .chunks(READ_CHUNK)
+                    .map(|c| chunk(c.to_vec())),
+            );
+        }
         Ok(parts)
     }
 
@@ -784,7 +796,7 @@ impl StorageService {
             &manifest.object_id.0,
             manifest.version,
         );
-        self.refresh_usage().await;
+        self.refresh_usage();
         Ok(CommitManifestResponse {})
     }
 
@@ -858,7 +870,7 @@ impl StorageService {
         for version in &removed.versions {
             self.publish(&location, EventKind::Delete, &object.0, *version);
         }
-        self.refresh_usage().await;
+        self.refresh_usage();
         Ok(DeleteResponse {})
     }
 
