@@ -278,7 +278,7 @@ impl Session {
             client
                 .register_key(request)
                 .await
-                .map_err(|s| status_error(position, &s))?;
+                .map_err(|s| status_error(position, &self.supplier_addr(position), &s))?;
         }
         Ok(())
     }
@@ -363,6 +363,14 @@ impl Session {
                 .clone()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The address of the supplier at `position`, for messages.
+    pub fn supplier_addr(&self, position: u32) -> String {
+        self.suppliers
+            .as_ref()
+            .and_then(|set| set.suppliers.get(position as usize))
+            .map_or_else(|| "not hired".to_owned(), |entry| entry.addr.clone())
     }
 
     /// The node ID of the supplier at `position`.
@@ -595,13 +603,14 @@ impl dht::signer::SignerResolver for IdentitySigners {
     }
 }
 
-/// Turns a supplier's status into an error that names its position.
-pub fn status_error(position: u32, status: &tonic::Status) -> SessionError {
+/// Turns a supplier's status into an error that names its position and,
+/// when it could not be reached, its address.
+pub fn status_error(position: u32, addr: &str, status: &tonic::Status) -> SessionError {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             SessionError::Unreachable {
                 position,
-                addr: String::new(),
+                addr: addr.to_owned(),
                 reason: status.message().to_owned(),
             }
         }

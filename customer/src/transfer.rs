@@ -184,6 +184,7 @@ impl Session {
         for position in 0..count {
             let client = self.client(position).await;
             let location = location_proto(keys);
+            let addr = self.supplier_addr(position);
             tasks.spawn(async move {
                 let mut client = client?;
                 let mut all = Vec::new();
@@ -199,7 +200,7 @@ impl Session {
                     let page = client
                         .list_manifests(request)
                         .await
-                        .map_err(|s| status_error(position, &s))?
+                        .map_err(|s| status_error(position, &addr, &s))?
                         .into_inner();
                     all.extend(page.manifests);
                     if page.next_page_token.is_empty() {
@@ -312,6 +313,7 @@ impl Session {
         for position in 0..count {
             clients.push(self.client(position).await?);
         }
+        let addrs: Arc<[String]> = (0..count).map(|p| self.supplier_addr(p)).collect();
 
         // Read, seal and code on a blocking thread, two blocks ahead.
         let (tx, mut rx) = mpsc::channel::<EncodedBlock>(2);
@@ -343,6 +345,7 @@ impl Session {
                 break;
             }
             let clients = clients.clone();
+            let addrs = addrs.clone();
             let location = location.clone();
             // Progress counts plaintext bytes: the block's share of the file.
             let block_size = self.block_size() as u64;
@@ -350,7 +353,7 @@ impl Session {
                 .saturating_sub(block.index * block_size)
                 .min(block_size);
             in_flight.spawn(upload_block(
-                clients, location, object_id, version, block, plaintext,
+                clients, addrs, location, object_id, version, block, plaintext,
             ));
         }
         drop(rx);
@@ -386,13 +389,14 @@ impl Session {
                 location: Some(location.clone()),
             };
             let mut client = client;
+            let addr = self.supplier_addr(position as u32);
             commits.spawn(async move {
                 let mut request = tonic::Request::new(request);
                 request.set_timeout(CALL_TIMEOUT);
                 client
                     .commit_manifest(request)
                     .await
-                    .map_err(|s| status_error(position as u32, &s))
+                    .map_err(|s| status_error(position as u32, &addr, &s))
             });
         }
         let mut failures = Vec::new();
@@ -642,7 +646,9 @@ impl Session {
             match client.delete(request).await {
                 Ok(_) => found = true,
                 Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) => failures.push(status_error(position, &status).to_string()),
+                Err(status) => failures.push(
+                    status_error(position, &self.supplier_addr(position), &status).to_string(),
+                ),
             }
         }
         if !failures.is_empty() {
@@ -745,6 +751,7 @@ fn flatten<T>(
 /// `plaintext`, the block's plaintext size, for progress.
 async fn upload_block(
     clients: Vec<proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>>,
+    addrs: Arc<[String]>,
     location: Location,
     object_id: ObjectId,
     version: u64,
@@ -766,6 +773,7 @@ async fn upload_block(
             .get(position)
             .copied()
             .unwrap_or_default();
+        let addrs = addrs.clone();
         sends.spawn(async move {
             let mut client = client;
             let mut messages = Vec::with_capacity(1 + fragment.len() / CHUNK + 1);
@@ -789,10 +797,13 @@ async fn upload_block(
             }
             let mut request = tonic::Request::new(tokio_stream::iter(messages));
             request.set_timeout(CALL_TIMEOUT * 4);
-            client
-                .put_fragment(request)
-                .await
-                .map_err(|s| status_error(position as u32, &s))
+            client.put_fragment(request).await.map_err(|s| {
+                status_error(
+                    position as u32,
+                    addrs.get(position).map_or("", String::as_str),
+                    &s,
+                )
+            })
         });
     }
     while let Some(done) = sends.join_next().await {
@@ -870,12 +881,18 @@ async fn fetch_fragment(
     request.set_timeout(CALL_TIMEOUT * 4);
     let mut stream = client.get_fragment(request).await.ok()?.into_inner();
     let mut data = Vec::new();
+    let mut expected = 0;
     while let Some(message) = stream.message().await.ok()? {
         match message.part {
             Some(get_fragment_response::Part::Header(header)) => {
-                data.reserve(usize::try_from(header.size).unwrap_or(0).min(64 << 20));
+                expected = usize::try_from(header.size).unwrap_or(0).min(64 << 20);
             }
-            Some(get_fragment_response::Part::Chunk(chunk)) => data.extend_from_slice(&chunk),
+            // Fragments of default blocks come as one chunk: keep it, no copy.
+            Some(get_fragment_response::Part::Chunk(chunk)) if data.is_empty() => data = chunk,
+            Some(get_fragment_response::Part::Chunk(chunk)) => {
+                data.reserve(expected.saturating_sub(data.len()));
+                data.extend_from_slice(&chunk);
+            }
             None => {}
         }
     }

@@ -239,7 +239,7 @@ async fn a_supplier_serving_corrupt_fragments_is_detected_and_routed_around() {
         let owner = net.session.master().public_key().node_id();
         let location = keys::location(&owner, "master");
         let key = keys::fragment(&location, &net.object("photo.jpg").0, 1, 1, 0);
-        let mut bytes = store.fragment(&key).unwrap().unwrap();
+        let mut bytes = store.fragment(&key).unwrap().unwrap().payload;
         bytes[10] ^= 0xff;
         store.danger_replace_fragment(&key, &bytes).unwrap();
     }
@@ -335,4 +335,28 @@ async fn a_small_file_with_too_few_suppliers_fails() {
     }
     let result = net.get("e.sh", None).await;
     assert!(result.is_err(), "read with one fragment of a 2+2 file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_names_the_supplier_it_cannot_reach() {
+    let mut net = Net::start(2, "1+1", SMALL_BLOCK).await;
+    // The first upload connects to both; then one goes away.
+    net.put("first.txt", b"connected").await;
+    net.stop(1).await;
+    let local = net.file("second.txt", b"not stored");
+    let err = net
+        .session
+        .upload(
+            &net.keys,
+            &local,
+            &NormalPath::new("second.txt").unwrap(),
+            1,
+            no_progress(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("position 1"), "{err}");
+    assert!(err.contains(&net.addrs[1].to_string()), "{err}");
+    assert!(err.contains("unreachable"), "{err}");
 }
