@@ -274,6 +274,9 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// How many decoded public keys [`PublicKey::from_spki_der`] keeps.
+const PARSED_KEYS_CACHED: u64 = 4096;
+
 /// An RSA public key, with its SubjectPublicKeyInfo DER kept for hashing.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {
@@ -311,9 +314,18 @@ impl PublicKey {
     /// Decodes SubjectPublicKeyInfo DER, as received from a peer. Only the
     /// sizes in [`ALLOWED_KEY_BITS`] are accepted, and the encoding must be
     /// canonical: it must re-encode to the same bytes, so one key has one ID.
+    ///
+    /// Keys that decoded once are kept in a small process-wide cache: `rsa`
+    /// precomputes Montgomery parameters for every key it parses, and a
+    /// supplier parses the same few customer keys on every commit.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
         if der.len() > 1024 {
             return Err(CryptoError::MalformedKey("public key too large"));
+        }
+        static PARSED: OnceLock<moka::sync::Cache<Box<[u8]>, PublicKey>> = OnceLock::new();
+        let parsed = PARSED.get_or_init(|| moka::sync::Cache::new(PARSED_KEYS_CACHED));
+        if let Some(key) = parsed.get(der) {
+            return Ok(key);
         }
         let key = rsa::PublicKey::from_public_key_der(der)
             .map_err(|_| CryptoError::MalformedKey("not an RSA SubjectPublicKeyInfo"))?;
@@ -323,6 +335,7 @@ impl PublicKey {
                 "non-canonical public key encoding",
             ));
         }
+        parsed.insert(der.into(), this.clone());
         Ok(this)
     }
 
@@ -656,7 +669,16 @@ mod tests {
         let key = key();
         let der = key.public_key().spki_der().to_vec();
         assert_eq!(&PublicKey::from_spki_der(&der).unwrap(), key.public_key());
+        // The second decoding comes from the cache and is the same key.
+        assert_eq!(&PublicKey::from_spki_der(&der).unwrap(), key.public_key());
+        // A cached key does not stand in for a damaged copy of it.
         assert!(PublicKey::from_spki_der(&der[..der.len() - 1]).is_err());
+        let mut flipped = der.clone();
+        flipped[der.len() / 2] ^= 0x10;
+        assert_ne!(
+            PublicKey::from_spki_der(&flipped).ok().as_ref(),
+            Some(key.public_key())
+        );
         assert!(PublicKey::from_spki_der(b"").is_err());
         assert!(PublicKey::from_spki_der(&[0x30; 2000]).is_err());
         assert!(matches!(
