@@ -14,14 +14,15 @@
 //! async callers go through [`Store::run`], which moves them onto the
 //! blocking pool.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::id::NodeId;
 use prost::Message;
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions,
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 
 /// A storage failure or a refused change.
@@ -298,6 +299,18 @@ pub mod keys {
 const SCHEMA_KEY: &[u8] = b"schema";
 const SCHEMA_VERSION: &[u8] = b"1";
 
+/// Staged fragments at least this large skip the WAL: writing them there
+/// and again at flush doubled the disk traffic of large uploads. A commit
+/// makes them durable before it names them (see [`Store::commit`]).
+const UNLOGGED_MIN_BYTES: usize = 256 * 1024;
+/// A commit whose unlogged fragments add up to at most this much writes
+/// them again, through the WAL, in its own batch; above it, the commit
+/// flushes the memtables instead. Keeps medium files from making a tiny
+/// flush (and tiny blob file) each.
+const REWRITE_MAX_BYTES: u64 = 4 << 20;
+/// Unlogged fragments remembered before a stage flushes them all anyway.
+const MAX_UNLOGGED: usize = 16_384;
+
 /// A raw key and value from a scan.
 type RawEntry = (Box<[u8]>, Box<[u8]>);
 
@@ -399,6 +412,11 @@ struct Ledger {
     used_bytes: u64,
     /// How many fragments are committed, for metrics.
     committed_fragments: u64,
+    /// Staged fragments written without the WAL and perhaps not yet
+    /// flushed, with their sizes. Cleared by every flush this store makes;
+    /// memtable flushes RocksDB makes on its own are not seen, so this
+    /// over-approximates, which is safe.
+    unlogged: HashMap<Vec<u8>, u64>,
 }
 
 /// A handle that does not keep the database open.
@@ -440,6 +458,10 @@ impl Store {
         // the page cache that copy was a fifth of a supplier's CPU during
         // uploads. Direct I/O skips it where the file system allows it.
         opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(dir));
+        // Large staged fragments are written without the WAL, together with
+        // their metadata and the contract's new total. Flushing every
+        // family at once keeps those together across a crash.
+        opts.set_atomic_flush(true);
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
@@ -453,13 +475,53 @@ impl Store {
             batch.put_cf(store.cf(Cf::Meta)?, SCHEMA_KEY, SCHEMA_VERSION);
             store.write(batch)?;
         }
+        let committed_fragments = store.reconcile_contracts()?;
         let used_bytes = store.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
-        let committed_fragments = store.count_committed(&[])?;
         *store.lock() = Ledger {
             used_bytes,
             committed_fragments,
+            unlogged: HashMap::new(),
         };
         Ok(store)
+    }
+
+    /// Sets every contract's `used_bytes` to the sum of its fragments'
+    /// sizes, and returns how many fragments are committed. A crash can
+    /// lose unlogged staged fragments while a later logged write kept a
+    /// contract total that counted them; the fragments are the truth.
+    fn reconcile_contracts(&self) -> Result<u64, StoreError> {
+        let mut sizes: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut committed = 0;
+        for item in self.scan(Cf::FragmentMeta, &[], None)? {
+            let (key, value) = item?;
+            let meta = FragmentMeta::decode(&*value)?;
+            let owner = NodeId::from_slice(key.get(..32).unwrap_or_default())
+                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            *sizes.entry(owner).or_default() += meta.size;
+            committed += u64::from(meta.committed);
+        }
+        let mut batch = WriteBatch::default();
+        for (owner, mut contract) in self.contracts()? {
+            let actual = sizes.get(&owner).copied().unwrap_or(0);
+            if contract.used_bytes != actual {
+                tracing::warn!(
+                    customer = %contract.user_id,
+                    recorded = contract.used_bytes,
+                    actual,
+                    "contract usage corrected from the stored fragments"
+                );
+                contract.used_bytes = actual;
+                batch.put_cf(
+                    self.cf(Cf::Contracts)?,
+                    owner.as_bytes(),
+                    contract.encode_to_vec(),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            self.write(batch)?;
+        }
+        Ok(committed)
     }
 
     /// A handle for long-lived helpers that must not keep the database open
@@ -517,6 +579,29 @@ impl Store {
     /// nobody can see until a synced commit names them.
     fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         Ok(self.db.write_opt(batch, &WriteOptions::default())?)
+    }
+
+    /// Writes a batch to the memtables only. A crash loses it unless a
+    /// flush came first; see [`UNLOGGED_MIN_BYTES`].
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Flushes every family's memtable to disk and waits, making every
+    /// unlogged write so far durable. Called with the write lock held, so
+    /// no unlogged write races it.
+    fn flush_unlogged(&self, ledger: &mut Ledger) -> Result<(), StoreError> {
+        let cfs = Cf::ALL
+            .iter()
+            .map(|&cf| self.cf(cf))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut opts = FlushOptions::default();
+        opts.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &opts)?;
+        ledger.unlogged.clear();
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -783,8 +868,16 @@ impl Store {
             owner.as_bytes(),
             contract.encode_to_vec(),
         );
-        self.write_unsynced(batch)?;
+        if payload.len() >= UNLOGGED_MIN_BYTES {
+            self.write_unlogged(batch)?;
+            ledger.unlogged.insert(key.to_vec(), size);
+        } else {
+            self.write_unsynced(batch)?;
+        }
         ledger.used_bytes = (ledger.used_bytes + size).saturating_sub(freed);
+        if ledger.unlogged.len() > MAX_UNLOGGED {
+            self.flush_unlogged(&mut ledger)?;
+        }
         Ok(())
     }
 
@@ -830,6 +923,7 @@ impl Store {
         }
         let mut batch = WriteBatch::default();
         let mut newly_committed = std::collections::BTreeSet::new();
+        let mut unlogged = Vec::new();
         for &(block, position, sha256) in &commit.fragments {
             let key = keys::fragment(
                 &commit.location,
@@ -844,11 +938,27 @@ impl Store {
             if meta.sha256 != sha256 {
                 return Ok(Err(CommitRefusal::HashMismatch { block, position }));
             }
+            if let Some(&size) = ledger.unlogged.get(&key) {
+                unlogged.push((key.clone(), size));
+            }
             if !meta.committed {
                 meta.committed = true;
                 batch.put_cf(self.cf(Cf::FragmentMeta)?, &key, meta.encode_to_vec());
                 newly_committed.insert(key);
             }
+        }
+        // The fragments this commit names must be on disk before it is:
+        // a few are written again through the WAL in this batch, many are
+        // flushed.
+        if unlogged.iter().map(|(_, size)| size).sum::<u64>() > REWRITE_MAX_BYTES {
+            self.flush_unlogged(&mut ledger)?;
+            unlogged.clear();
+        }
+        for (key, _) in &unlogged {
+            let payload = self
+                .get(Cf::Fragments, key)?
+                .ok_or_else(|| StoreError::Damaged("fragment payload is missing".into()))?;
+            batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         }
         batch.put_cf(self.cf(Cf::Manifests)?, &manifest_key, &commit.manifest);
 
@@ -874,6 +984,9 @@ impl Store {
         ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
         ledger.committed_fragments =
             (ledger.committed_fragments + newly_committed.len() as u64).saturating_sub(uncommitted);
+        for (key, _) in &unlogged {
+            ledger.unlogged.remove(key);
+        }
         Ok(Ok(removed))
     }
 

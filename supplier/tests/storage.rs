@@ -1215,18 +1215,17 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     text
 }
 
-#[tokio::test]
-async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
+/// Runs `silt-supplier` on `dir` as a process, to be killed, and returns it
+/// with the address it listens on.
+fn supplier_process(dir: &std::path::Path) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
-    let dir = tempfile::tempdir().unwrap();
-    supplier::init_data_dir(dir.path(), 2048).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_silt-supplier"))
         .args([
             "run",
             "--data",
-            dir.path().to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
         ])
@@ -1254,6 +1253,14 @@ async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
     let addr = rx
         .recv_timeout(WAIT)
         .expect("the supplier never said where it listens");
+    (child, addr)
+}
+
+#[tokio::test]
+async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
+    let dir = tempfile::tempdir().unwrap();
+    supplier::init_data_dir(dir.path(), 2048).unwrap();
+    let (mut child, addr) = supplier_process(dir.path());
 
     let alice = Customer::new(ALICE, "alice");
     let mut client = StorageClient::new(alice.dialer.connect(&addr, None).await.unwrap().channel);
@@ -1384,4 +1391,78 @@ async fn undecodable_and_oversized_messages_get_clear_codes() {
     }
     let mut client = alice.storage(&node).await;
     alice.hire(&mut client, 1 << 20).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_large_fragments_survive_a_kill_and_usage_is_recounted() {
+    let dir = tempfile::tempdir().unwrap();
+    supplier::init_data_dir(dir.path(), 2048).unwrap();
+    let (mut child, addr) = supplier_process(dir.path());
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = StorageClient::new(alice.dialer.connect(&addr, None).await.unwrap().channel);
+    alice.hire(&mut client, 64 << 20).await.unwrap();
+    let master = alice.location("master");
+    let data =
+        |len: usize, seed: u8| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8 ^ seed).collect() };
+    // Large fragments are staged without the WAL. Object 1's add up to
+    // more than a commit writes again, so its commit flushes; object 2's
+    // one fragment is written again by its commit; object 3's is small.
+    let versions: [(u8, Vec<Vec<u8>>); 3] = [
+        (1, vec![data(3 << 20, 1), data(2 << 20, 2)]),
+        (2, vec![data(512 << 10, 3)]),
+        (3, vec![data(100, 4)]),
+    ];
+    let mut committed = 0;
+    for (object, blocks) in &versions {
+        for (block, bytes) in blocks.iter().enumerate() {
+            put(
+                &mut client,
+                fragment_ref(&master, *object, 1, block as u64),
+                bytes,
+            )
+            .await
+            .unwrap();
+            committed += bytes.len() as u64;
+        }
+        let refs: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
+        let signed = manifest(alice.key_id("master"), &alice, alice.key, *object, 1, &refs);
+        commit(&mut client, &alice, &master, signed).await.unwrap();
+    }
+    // Staged, never committed: one large fragment, unlogged, then a small
+    // one whose logged write records a total that counts the large one.
+    put(
+        &mut client,
+        fragment_ref(&master, 4, 1, 0),
+        &data(1 << 20, 5),
+    )
+    .await
+    .unwrap();
+    put(&mut client, fragment_ref(&master, 4, 1, 1), &data(10, 6))
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let node = Supplier::spawn(Config::for_tests(dir.path()))
+        .await
+        .unwrap();
+    let restarted = Node {
+        supplier: node,
+        dir,
+    };
+    let mut client = alice.storage(&restarted).await;
+    assert_eq!(list(&mut client, &master).await.unwrap(), 3);
+    for (object, blocks) in &versions {
+        for (block, bytes) in blocks.iter().enumerate() {
+            let got = get(&mut client, fragment_ref(&master, *object, 1, block as u64))
+                .await
+                .unwrap();
+            assert!(got == *bytes, "object {object} block {block} differs");
+        }
+    }
+    // The unlogged staged fragment died with the process, while the small
+    // one's WAL entry (written, not synced) outlived it, with a contract
+    // total that counted both. The total was recounted from what is stored.
+    let used = alice.hire(&mut client, 64 << 20).await.unwrap();
+    assert_eq!(used, committed + 10);
 }
