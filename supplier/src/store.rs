@@ -311,6 +311,12 @@ const REWRITE_MAX_BYTES: u64 = 4 << 20;
 /// Unlogged fragments remembered before a stage flushes them all anyway.
 const MAX_UNLOGGED: usize = 16_384;
 
+/// The owner a customer key starts with.
+fn owner_of(key: &[u8]) -> Result<NodeId, StoreError> {
+    NodeId::from_slice(key.get(..32).unwrap_or_default())
+        .map_err(|e| StoreError::Damaged(e.to_string()))
+}
+
 /// A raw key and value from a scan.
 type RawEntry = (Box<[u8]>, Box<[u8]>);
 
@@ -475,34 +481,29 @@ impl Store {
             batch.put_cf(store.cf(Cf::Meta)?, SCHEMA_KEY, SCHEMA_VERSION);
             store.write(batch)?;
         }
-        let committed_fragments = store.reconcile_contracts()?;
-        let used_bytes = store.contracts()?.iter().map(|(_, c)| c.used_bytes).sum();
-        *store.lock() = Ledger {
-            used_bytes,
-            committed_fragments,
-            unlogged: HashMap::new(),
-        };
+        *store.lock() = store.reconcile_contracts()?;
         Ok(store)
     }
 
     /// Sets every contract's `used_bytes` to the sum of its fragments'
-    /// sizes, and returns how many fragments are committed. A crash can
-    /// lose unlogged staged fragments while a later logged write kept a
-    /// contract total that counted them; the fragments are the truth.
-    fn reconcile_contracts(&self) -> Result<u64, StoreError> {
+    /// sizes, and returns the ledger that follows. A crash can lose unlogged
+    /// staged fragments while a later logged write kept a contract total
+    /// that counted them; the fragments are the truth.
+    fn reconcile_contracts(&self) -> Result<Ledger, StoreError> {
         let mut sizes: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut committed = 0;
         for item in self.scan(Cf::FragmentMeta, &[], None)? {
             let (key, value) = item?;
             let meta = FragmentMeta::decode(&*value)?;
-            let owner = NodeId::from_slice(key.get(..32).unwrap_or_default())
-                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            let owner = owner_of(&key)?;
             *sizes.entry(owner).or_default() += meta.size;
             committed += u64::from(meta.committed);
         }
         let mut batch = WriteBatch::default();
+        let mut used_bytes = 0;
         for (owner, mut contract) in self.contracts()? {
             let actual = sizes.get(&owner).copied().unwrap_or(0);
+            used_bytes += actual;
             if contract.used_bytes != actual {
                 tracing::warn!(
                     customer = %contract.user_id,
@@ -521,7 +522,11 @@ impl Store {
         if !batch.is_empty() {
             self.write(batch)?;
         }
-        Ok(committed)
+        Ok(Ledger {
+            used_bytes,
+            committed_fragments: committed,
+            unlogged: HashMap::new(),
+        })
     }
 
     /// A handle for long-lived helpers that must not keep the database open
@@ -1139,7 +1144,7 @@ impl Store {
     pub fn collect_staged(&self, staged_before: i64) -> Result<(usize, u64), StoreError> {
         let mut ledger = self.lock();
         let mut batch = WriteBatch::default();
-        let mut freed_by: std::collections::BTreeMap<NodeId, u64> = Default::default();
+        let mut freed_by: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut count = 0;
         for item in self.scan(Cf::FragmentMeta, &[], None)? {
             let (key, value) = item?;
@@ -1147,8 +1152,7 @@ impl Store {
             if meta.committed || meta.staged_unix >= staged_before {
                 continue;
             }
-            let owner = NodeId::from_slice(key.get(..32).unwrap_or_default())
-                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            let owner = owner_of(&key)?;
             *freed_by.entry(owner).or_default() += meta.size;
             batch.delete_cf(self.cf(Cf::FragmentMeta)?, &key);
             batch.delete_cf(self.cf(Cf::Fragments)?, &key);

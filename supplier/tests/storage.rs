@@ -59,6 +59,14 @@ impl Node {
         Self { supplier, dir }
     }
 
+    /// A node on the data directory a killed supplier process left.
+    async fn reopen(dir: TempDir) -> Self {
+        let supplier = Supplier::spawn(Config::for_tests(dir.path()))
+            .await
+            .unwrap();
+        Self { supplier, dir }
+    }
+
     async fn restart(&mut self) {
         self.supplier.shutdown().await;
         self.supplier = Supplier::spawn(Config::for_tests(self.dir.path()))
@@ -1273,13 +1281,7 @@ async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let node = Supplier::spawn(Config::for_tests(dir.path()))
-        .await
-        .unwrap();
-    let restarted = Node {
-        supplier: node,
-        dir,
-    };
+    let restarted = Node::reopen(dir).await;
     let mut client = alice.storage(&restarted).await;
     assert_eq!(list(&mut client, &master).await.unwrap(), 0);
     assert_eq!(
@@ -1443,13 +1445,7 @@ async fn committed_large_fragments_survive_a_kill_and_usage_is_recounted() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let node = Supplier::spawn(Config::for_tests(dir.path()))
-        .await
-        .unwrap();
-    let restarted = Node {
-        supplier: node,
-        dir,
-    };
+    let restarted = Node::reopen(dir).await;
     let mut client = alice.storage(&restarted).await;
     assert_eq!(list(&mut client, &master).await.unwrap(), 3);
     for (object, blocks) in &versions {
