@@ -276,6 +276,8 @@ impl fmt::Debug for PrivateKey {
 
 /// How many decoded public keys [`PublicKey::from_spki_der`] keeps.
 const PARSED_KEYS_CACHED: u64 = 4096;
+/// How many passed signature checks [`PublicKey::verify`] remembers.
+const VERIFIED_CACHED: u64 = 16_384;
 
 /// An RSA public key, with its SubjectPublicKeyInfo DER kept for hashing.
 #[derive(Clone, PartialEq, Eq)]
@@ -369,6 +371,11 @@ impl PublicKey {
     }
 
     /// Checks an RSA-PSS-SHA256 signature made for `purpose`.
+    ///
+    /// Checks that passed are remembered in a small process-wide cache, by
+    /// a hash of key, purpose, message and signature: a supplier sees the
+    /// same identity envelope with every commit, and a manifest in its
+    /// owner's master location carries one signature twice.
     pub fn verify(
         &self,
         purpose: Purpose,
@@ -378,8 +385,15 @@ impl PublicKey {
         if signature.len() != self.key.size() {
             return Err(CryptoError::BadSignature);
         }
+        static VERIFIED: OnceLock<moka::sync::Cache<[u8; 32], ()>> = OnceLock::new();
+        let verified = VERIFIED.get_or_init(|| moka::sync::Cache::new(VERIFIED_CACHED));
+        let digest = purpose.digest(message);
+        let check = self.check_id(&digest, signature);
+        if verified.contains_key(&check) {
+            return Ok(());
+        }
         if let Some((n, e)) = &self.ring_parts {
-            return ring::signature::RsaPublicKeyComponents {
+            ring::signature::RsaPublicKeyComponents {
                 n: n.as_ref(),
                 e: e.as_ref(),
             }
@@ -388,9 +402,24 @@ impl PublicKey {
                 &purpose.framed(message),
                 signature,
             )
-            .map_err(|_| CryptoError::BadSignature);
+            .map_err(|_| CryptoError::BadSignature)?;
+        } else {
+            self.verify_with_rsa(purpose, message, signature)?;
         }
-        self.verify_with_rsa(purpose, message, signature)
+        verified.insert(check, ());
+        Ok(())
+    }
+
+    /// What names one signature check: SHA-256 over the key, the digest of
+    /// the framed message and the signature (the last two have fixed
+    /// lengths for one key).
+    fn check_id(&self, digest: &[u8; 32], signature: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update((self.spki.len() as u64).to_be_bytes());
+        hasher.update(&self.spki);
+        hasher.update(digest);
+        hasher.update(signature);
+        hasher.finalize().into()
     }
 
     /// The same check made by `rsa`: the fallback, and the reference the
@@ -592,6 +621,9 @@ mod tests {
         let key = key();
         let public = key.public_key();
         let sig = key.sign(Purpose::Identity, b"hello").unwrap();
+        // The first check is remembered (and answers the second); it
+        // vouches for nothing else: every check below differs in one part.
+        public.verify(Purpose::Identity, b"hello", &sig).unwrap();
         public.verify(Purpose::Identity, b"hello", &sig).unwrap();
         assert!(public.verify(Purpose::Record, b"hello", &sig).is_err());
         assert!(public.verify(Purpose::Identity, b"hellO", &sig).is_err());
