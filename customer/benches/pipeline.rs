@@ -19,13 +19,14 @@
 use std::error::Error;
 use std::hint::black_box;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::crypto::{PrivateKey, sha256};
 use common::manifest::Scheme;
 use customer::pipeline::{
-    DEFAULT_BLOCK_SIZE, Decoder, EncodeParams, Encoder, ErasureCoder, FileKey, NormalPath,
-    ObjectIdKey, VersionCipher, VersionRef,
+    DEFAULT_BLOCK_SIZE, Decoder, EncodeParams, Encoder, ErasureCoder, FileKey, LocationSecrets,
+    NormalPath, VersionCipher, VersionRef,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -42,11 +43,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let scheme = Scheme { data: 4, parity: 2 };
     let block_size = DEFAULT_BLOCK_SIZE;
 
-    let key = PrivateKey::generate(2048)?;
+    let key = LocationSecrets::derive(Arc::new(PrivateKey::generate(2048)?))?;
     let path = NormalPath::new("bench/random.bin")?;
     let version = VersionRef {
         location: "bench$alice@id-a".parse()?,
-        object_id: ObjectIdKey::derive(&key)?.object_id(&path),
+        object_id: key.object_id(&path),
         version: 1,
     };
     let mut pool = vec![0u8; POOL_BYTES.min(total.max(1))];
@@ -107,7 +108,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             offset: 0,
             remaining: total,
         };
-        let mut encoder = Encoder::new(input, params.clone(), key.public_key())?;
+        let mut encoder = Encoder::new(input, params.clone(), &key)?;
         while let Some(block) = encoder.next_block()? {
             black_box(block);
         }
@@ -122,7 +123,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         offset: 0,
         remaining: total,
     };
-    let mut encoder = Encoder::new(input, params, key.public_key())?;
+    let mut encoder = Encoder::new(input, params, &key)?;
     let mut fragments: Vec<Vec<Vec<u8>>> = Vec::new();
     while let Some(block) = encoder.next_block()? {
         fragments.push(block.fragments);

@@ -5,6 +5,7 @@
 //! - [`default_scheme`] and [`parse_scheme`]: erasure schemes per supplier
 //!   count, and a user's `k+m`.
 //! - [`NormalPath`] and [`ObjectIdKey`]: path normalization and object IDs.
+//! - [`LocationSecrets`]: what a location's private key derives.
 //! - [`FileKey`] and [`VersionCipher`]: file keys, nonces, AAD, sealing.
 //! - [`ErasureCoder`]: Reed-Solomon fragments of a sealed block, checked
 //!   against the manifest's hashes before they are used.
@@ -18,9 +19,17 @@
 //! - **Blocks.** Block `i` (from 0) holds plaintext bytes
 //!   `[i * B, min((i + 1) * B, size))` for block size `B`. Every block but
 //!   the last is full, and an empty file has no blocks.
-//! - **File key.** A fresh random AES-256 key per file version, wrapped with
-//!   RSA-OAEP-SHA256 under the location's public key. Because the key is
-//!   never reused, nonces only need to be unique within one version.
+//! - **Location secrets.** `seed = SHA-256(location private key as PKCS#8
+//!   DER)`; the object-ID secret is `HMAC-SHA256(seed, "silt-object-id-v1")`
+//!   and the wrapping secret `HMAC-SHA256(seed, "silt-file-key-wrap-v1")`.
+//! - **File key.** A fresh random AES-256 key per file version. Because the
+//!   key is never reused, nonces only need to be unique within one version.
+//!   `Manifest.wrapped_file_key` is `nonce (12 random bytes) ||
+//!   AES-256-GCM(wrapping secret, file key)` with AAD `"silt-file-key-v1",
+//!   owner, alias, object id, version (u64 BE), epoch (u64 BE)`: 60 bytes.
+//!   Manifests written before 0.1 wrapped it with RSA-OAEP-SHA256 under the
+//!   location's public key (as long as the modulus); those still unwrap
+//!   with the private key. See `docs/design/data-path.md` for why.
 //! - **Nonces.** Block `i`: `00 00 00 00 || i` (u64 big-endian). Metadata:
 //!   `01 || 00 * 11`, which no block index can produce.
 //! - **AAD.** A list of length-prefixed fields (`u32` big-endian length,
@@ -58,7 +67,8 @@ pub use metadata::FileMetadata;
 pub use object::{MAX_PATH_BYTES, NormalPath, ObjectIdKey};
 pub use scheme::{default_scheme, parse_scheme};
 pub use seal::{
-    FileKey, METADATA_NONCE, VersionCipher, VersionRef, block_aad, block_nonce, metadata_aad,
+    FileKey, LocationSecrets, METADATA_NONCE, VersionCipher, VersionRef, WRAPPED_KEY_LEN,
+    block_aad, block_nonce, metadata_aad,
 };
 pub use stream::{
     DEFAULT_BLOCK_SIZE, Decoder, EncodeParams, Encoder, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
@@ -125,8 +135,8 @@ pub enum PipelineError {
     /// The encoder was finished before its input was read to the end.
     #[error("the input was not read to its end")]
     InputNotExhausted,
-    /// The object ID secret could not be derived from the location key.
-    #[error("cannot derive the object id secret from the location key")]
+    /// The location's secrets could not be derived from its key.
+    #[error("cannot derive the location's secrets from its key")]
     KeyDerivation(#[source] CryptoError),
     /// The file has so many blocks that its manifest would be too large.
     #[error(
@@ -230,14 +240,22 @@ pub enum PipelineError {
 /// slow, so each is made once per test binary.
 #[cfg(test)]
 mod fixtures {
-    use std::sync::LazyLock;
+    use std::sync::{Arc, LazyLock};
 
     use common::crypto::PrivateKey;
 
+    use super::LocationSecrets;
+
     /// The location key of most tests.
-    pub(super) static LOCATION: LazyLock<PrivateKey> =
-        LazyLock::new(|| PrivateKey::generate(2048).unwrap());
+    pub(super) static LOCATION: LazyLock<Arc<PrivateKey>> =
+        LazyLock::new(|| Arc::new(PrivateKey::generate(2048).unwrap()));
     /// Another location's key.
-    pub(super) static OTHER: LazyLock<PrivateKey> =
-        LazyLock::new(|| PrivateKey::generate(2048).unwrap());
+    pub(super) static OTHER: LazyLock<Arc<PrivateKey>> =
+        LazyLock::new(|| Arc::new(PrivateKey::generate(2048).unwrap()));
+    /// The secrets of [`LOCATION`].
+    pub(super) static SECRETS: LazyLock<LocationSecrets> =
+        LazyLock::new(|| LocationSecrets::derive(LOCATION.clone()).unwrap());
+    /// The secrets of [`OTHER`].
+    pub(super) static OTHER_SECRETS: LazyLock<LocationSecrets> =
+        LazyLock::new(|| LocationSecrets::derive(OTHER.clone()).unwrap());
 }

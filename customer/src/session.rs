@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 
 use crate::home::{Home, HomeError};
 use crate::idserver::{self, IdServerError};
-use crate::pipeline::ObjectIdKey;
+use crate::pipeline::LocationSecrets;
 use crate::suppliers::{SupplierEntry, SupplierSet};
 
 /// Deadline of one call to a supplier that moves no bulk data.
@@ -90,8 +90,9 @@ pub struct LocationKeys {
     pub public: PublicKey,
     /// Key epoch.
     pub epoch: u64,
-    /// Object ID secret.
-    pub object_key: Arc<ObjectIdKey>,
+    /// The secrets derived from the private key: object IDs and file-key
+    /// wrapping.
+    pub secrets: Arc<LocationSecrets>,
 }
 
 /// An open session.
@@ -237,14 +238,14 @@ impl Session {
                 .map_err(|e| SessionError::Key(e.to_string()))?;
             (Arc::new(key), meta.epoch)
         };
-        let object_key =
-            ObjectIdKey::derive(&private).map_err(|e| SessionError::Key(e.to_string()))?;
+        let secrets = LocationSecrets::derive(private.clone())
+            .map_err(|e| SessionError::Key(e.to_string()))?;
         Ok(LocationKeys {
             key_id: key_id.clone(),
             public: private.public_key().clone(),
             private,
             epoch,
-            object_key: Arc::new(object_key),
+            secrets: Arc::new(secrets),
         })
     }
 

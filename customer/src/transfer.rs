@@ -294,7 +294,7 @@ impl Session {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_secs()).ok())
             .unwrap_or(0);
-        let object_id = keys.object_key.object_id(path);
+        let object_id = keys.secrets.object_id(path);
         let params = EncodeParams {
             version: VersionRef {
                 location: keys.key_id.clone(),
@@ -317,10 +317,10 @@ impl Session {
 
         // Read, seal and code on a blocking thread, two blocks ahead.
         let (tx, mut rx) = mpsc::channel::<EncodedBlock>(2);
-        let public = keys.public.clone();
+        let secrets = keys.secrets.clone();
         let producer = tokio::task::spawn_blocking(move || {
             let mut encoder =
-                Encoder::new(BufReader::with_capacity(1 << 20, file), params, &public)?;
+                Encoder::new(BufReader::with_capacity(1 << 20, file), params, &secrets)?;
             while let Some(block) = encoder.next_block()? {
                 if tx.blocking_send(block).is_err() {
                     return Err(PipelineError::InputNotExhausted);
@@ -433,8 +433,8 @@ impl Session {
         progress: Progress,
     ) -> Result<FileMetadata, TransferError> {
         let manifest = version.manifest.clone();
-        let private = keys.private.clone();
-        let decoder = tokio::task::spawn_blocking(move || Decoder::new(&manifest, &private))
+        let secrets = keys.secrets.clone();
+        let decoder = tokio::task::spawn_blocking(move || Decoder::new(&manifest, &secrets))
             .await
             .map_err(|e| TransferError::Task(e.to_string()))??;
         self.download_decoded(keys, version, decoder, dest, unreachable, progress)
@@ -625,7 +625,7 @@ impl Session {
         if keys.key_id.owner() != self.user() {
             return Err(TransferError::NotOwner(keys.key_id.to_string()));
         }
-        let object_id = keys.object_key.object_id(path);
+        let object_id = keys.secrets.object_id(path);
         let count = self.suppliers()?.suppliers.len() as u32;
         let mut found = false;
         let mut failures = Vec::new();
@@ -679,7 +679,7 @@ pub struct Listed {
 }
 
 /// Reads the names, sizes and dates of the newest version of each object,
-/// unwrapping file keys on every core (one RSA decryption per file).
+/// unwrapping file keys on every core.
 pub fn catalog(
     keys: &LocationKeys,
     versions: &BTreeMap<(ObjectId, u64), Version>,
@@ -704,7 +704,7 @@ pub fn catalog(
                 scope.spawn(move || {
                     part.iter()
                         .map(|(version, numbers)| {
-                            let decoder = Decoder::new(&version.manifest, &keys.private)?;
+                            let decoder = Decoder::new(&version.manifest, &keys.secrets)?;
                             let metadata = decoder.metadata();
                             let entry = Entry {
                                 path: metadata.path.to_string(),

@@ -101,7 +101,7 @@ impl Net {
         let local = self.file(&format!("up-{}", name.replace('/', "_")), data);
         let normal = NormalPath::new(name).unwrap();
         let (existing, _) = self.session.versions(&self.keys, None).await.unwrap();
-        let object = self.keys.object_key.object_id(&normal);
+        let object = self.keys.secrets.object_id(&normal);
         let version = next_versions(&existing).get(&object).copied().unwrap_or(1);
         self.session
             .upload(&self.keys, &local, &normal, version, no_progress())
@@ -112,7 +112,7 @@ impl Net {
 
     async fn get(&self, name: &str, version: Option<u64>) -> Result<Vec<u8>, TransferError> {
         let normal = NormalPath::new(name).unwrap();
-        let object = self.keys.object_key.object_id(&normal);
+        let object = self.keys.secrets.object_id(&normal);
         let (versions, unreachable) = self.session.versions(&self.keys, Some(object)).await?;
         let chosen = match version {
             Some(v) => versions.get(&(object, v)).cloned(),
@@ -147,9 +147,7 @@ impl Net {
     }
 
     fn object(&self, name: &str) -> ObjectId {
-        self.keys
-            .object_key
-            .object_id(&NormalPath::new(name).unwrap())
+        self.keys.secrets.object_id(&NormalPath::new(name).unwrap())
     }
 }
 

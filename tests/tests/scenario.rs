@@ -39,7 +39,7 @@ async fn eight_suppliers_five_plus_three_survive_three_losses() {
     let path = NormalPath::new("work/report.pdf").unwrap();
     let (existing, _) = alice.versions(&keys, None).await.unwrap();
     let version = next_versions(&existing)
-        .get(&keys.object_key.object_id(&path))
+        .get(&keys.secrets.object_id(&path))
         .copied()
         .unwrap_or(1);
     alice
@@ -59,7 +59,7 @@ async fn eight_suppliers_five_plus_three_survive_three_losses() {
         net.stop(i).await;
     }
     let (versions, unreachable) = alice
-        .versions(&keys, Some(keys.object_key.object_id(&path)))
+        .versions(&keys, Some(keys.secrets.object_id(&path)))
         .await
         .unwrap();
     assert_eq!(unreachable.len(), 3);

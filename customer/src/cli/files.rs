@@ -109,7 +109,7 @@ pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Re
             format!("{base}/{rel}")
         };
         let normal = NormalPath::new(&remote_path)?;
-        let object: ObjectId = keys.object_key.object_id(&normal);
+        let object: ObjectId = keys.secrets.object_id(&normal);
         let version = next.get(&object).copied().unwrap_or(1);
         jobs.push((path, normal, version));
     }
@@ -161,7 +161,7 @@ pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Re
         None
     } else {
         let normal = target.normal()?;
-        let object = keys.object_key.object_id(&normal);
+        let object = keys.secrets.object_id(&normal);
         let (versions, unreachable) = session.versions(&keys, Some(object)).await?;
         let chosen = match target.version {
             Some(v) => versions.get(&(object, v)).cloned(),

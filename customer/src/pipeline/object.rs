@@ -98,14 +98,13 @@ pub struct ObjectIdKey(Zeroizing<[u8; 32]>);
 impl ObjectIdKey {
     /// Derives the secret from the location's private key.
     pub fn derive(location_key: &PrivateKey) -> Result<Self, PipelineError> {
-        let der = location_key
-            .to_pkcs8_der()
-            .map_err(PipelineError::KeyDerivation)?;
-        let seed = Zeroizing::new(sha256(&der));
-        Ok(Self(Zeroizing::new(hmac_sha256(
-            seed.as_slice(),
-            OBJECT_ID_LABEL,
-        ))))
+        let seed = location_seed(location_key)?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The secret under a seed made by [`location_seed`].
+    pub(super) fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(Zeroizing::new(hmac_sha256(seed, OBJECT_ID_LABEL)))
     }
 
     /// The object ID of `path`.
@@ -118,6 +117,17 @@ impl fmt::Debug for ObjectIdKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ObjectIdKey(..)")
     }
+}
+
+/// `SHA-256(location private key as PKCS#8 DER)`: what the location's
+/// symmetric secrets are derived from, each under its own label.
+pub(super) fn location_seed(
+    location_key: &PrivateKey,
+) -> Result<Zeroizing<[u8; 32]>, PipelineError> {
+    let der = location_key
+        .to_pkcs8_der()
+        .map_err(PipelineError::KeyDerivation)?;
+    Ok(Zeroizing::new(sha256(&der)))
 }
 
 /// The start of `path`, for error messages.

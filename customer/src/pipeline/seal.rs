@@ -1,13 +1,17 @@
 //! File keys, nonces, AAD, and sealing blocks and metadata with AES-256-GCM.
 
 use std::fmt;
+use std::sync::Arc;
 
-use common::crypto::{NONCE_LEN, PrivateKey, PublicKey, SymmetricKey};
+use common::crypto::{CryptoError, NONCE_LEN, PrivateKey, SymmetricKey, hmac_sha256};
 use common::id::KeyId;
 use common::manifest::{Manifest, ObjectId};
 use prost::Message;
 
-use super::{FileMetadata, PipelineError};
+use zeroize::Zeroizing;
+
+use super::object::location_seed;
+use super::{FileMetadata, NormalPath, ObjectIdKey, PipelineError};
 
 /// The nonce that seals a version's metadata. Block nonces start with four
 /// zero bytes, so no block index produces it.
@@ -18,6 +22,56 @@ pub(super) const TAG_LEN: usize = common::crypto::TAG_LEN;
 
 const BLOCK_DOMAIN: &[u8] = b"silt-block-v1";
 const METADATA_DOMAIN: &[u8] = b"silt-metadata-v1";
+
+/// The message that derives the file-key wrapping secret from the location
+/// key's seed.
+const WRAP_LABEL: &[u8] = b"silt-file-key-wrap-v1";
+const WRAP_DOMAIN: &[u8] = b"silt-file-key-v1";
+/// A file key wrapped under a location's wrapping secret: a random nonce,
+/// then the sealed 32-byte key and its tag. RSA-OAEP ciphertexts, which
+/// earlier versions wrote, are as long as the modulus (256 bytes or more).
+pub const WRAPPED_KEY_LEN: usize = NONCE_LEN + 32 + TAG_LEN;
+
+/// The secrets of one location, all derived from its private key, so every
+/// member derives the same: the object-ID secret and the secret that wraps
+/// file keys. Zeroed on drop and never printed.
+#[derive(Clone)]
+pub struct LocationSecrets {
+    object_ids: ObjectIdKey,
+    wrap: SymmetricKey,
+    /// For file keys that earlier versions wrapped with RSA-OAEP.
+    private: Arc<PrivateKey>,
+}
+
+impl LocationSecrets {
+    /// Derives the secrets from the location's private key.
+    pub fn derive(location_key: Arc<PrivateKey>) -> Result<Self, PipelineError> {
+        let seed = location_seed(&location_key)?;
+        let wrap = Zeroizing::new(hmac_sha256(seed.as_slice(), WRAP_LABEL));
+        Ok(Self {
+            object_ids: ObjectIdKey::from_seed(&seed),
+            wrap: SymmetricKey::from_slice(wrap.as_slice())
+                .map_err(PipelineError::KeyDerivation)?,
+            private: location_key,
+        })
+    }
+
+    /// The object ID of `path` in this location.
+    pub fn object_id(&self, path: &NormalPath) -> ObjectId {
+        self.object_ids.object_id(path)
+    }
+
+    /// The object-ID secret.
+    pub fn object_ids(&self) -> &ObjectIdKey {
+        &self.object_ids
+    }
+}
+
+impl fmt::Debug for LocationSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LocationSecrets(..)")
+    }
+}
 
 /// The random 256-bit key of one file version. Zeroed on drop and never
 /// printed.
@@ -31,21 +85,56 @@ impl FileKey {
         Self(SymmetricKey::generate())
     }
 
-    /// Wraps the key with RSA-OAEP-SHA256 under the location's public key.
-    pub fn wrap(&self, location_key: &PublicKey) -> Result<Vec<u8>, PipelineError> {
-        location_key
-            .wrap(self.0.as_bytes())
-            .map_err(PipelineError::WrapKey)
+    /// Wraps the key under the location's wrapping secret, bound to the
+    /// version and key epoch it belongs to: [`WRAPPED_KEY_LEN`] bytes.
+    pub fn wrap(
+        &self,
+        secrets: &LocationSecrets,
+        version: &VersionRef,
+        epoch: u64,
+    ) -> Result<Vec<u8>, PipelineError> {
+        // Random: a failed upload may be retried under the same version
+        // with a new file key, so the version cannot serve as the nonce.
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let sealed = secrets
+            .wrap
+            .seal(&nonce, &wrap_aad(version, epoch), self.0.as_bytes())
+            .map_err(PipelineError::WrapKey)?;
+        let mut out = Vec::with_capacity(WRAPPED_KEY_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
     }
 
-    /// Unwraps a key with the location's private key.
+    /// Unwraps a key wrapped by [`FileKey::wrap`] for `version` and `epoch`,
+    /// or, for manifests written before, with RSA-OAEP under the location's
+    /// public key.
     ///
     /// RSA decryption leaks timing (RUSTSEC-2023-0071): only unwrap keys from
     /// manifests whose signatures were checked first.
-    pub fn unwrap(wrapped: &[u8], location_key: &PrivateKey) -> Result<Self, PipelineError> {
-        let bytes = location_key
-            .unwrap(wrapped)
-            .map_err(PipelineError::UnwrapKey)?;
+    pub fn unwrap(
+        wrapped: &[u8],
+        secrets: &LocationSecrets,
+        version: &VersionRef,
+        epoch: u64,
+    ) -> Result<Self, PipelineError> {
+        let bytes = if wrapped.len() == WRAPPED_KEY_LEN {
+            let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
+            let nonce: &[u8; NONCE_LEN] = nonce
+                .try_into()
+                .map_err(|_| PipelineError::UnwrapKey(CryptoError::Decrypt))?;
+            Zeroizing::new(
+                secrets
+                    .wrap
+                    .open(nonce, &wrap_aad(version, epoch), sealed)
+                    .map_err(PipelineError::UnwrapKey)?,
+            )
+        } else {
+            secrets
+                .private
+                .unwrap(wrapped)
+                .map_err(PipelineError::UnwrapKey)?
+        };
         SymmetricKey::from_slice(&bytes)
             .map(Self)
             .map_err(PipelineError::UnwrapKey)
@@ -182,6 +271,13 @@ impl VersionCipher {
     }
 }
 
+/// The AAD of a wrapped file key: the version's fields, then the epoch.
+fn wrap_aad(version: &VersionRef, epoch: u64) -> Vec<u8> {
+    let mut aad = version_aad(WRAP_DOMAIN, version);
+    push_field(&mut aad, &epoch.to_be_bytes());
+    aad
+}
+
 /// Domain, owner, alias, object ID and version, each length-prefixed.
 fn version_aad(domain: &[u8], version: &VersionRef) -> Vec<u8> {
     let mut aad = Vec::with_capacity(160);
@@ -203,8 +299,7 @@ fn push_field(aad: &mut Vec<u8>, field: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::NormalPath;
-    use super::super::fixtures::{LOCATION, OTHER};
+    use super::super::fixtures::{LOCATION, OTHER_SECRETS, SECRETS};
     use super::*;
 
     fn version() -> VersionRef {
@@ -317,17 +412,67 @@ mod tests {
     }
 
     #[test]
-    fn file_keys_wrap_under_the_location_key() {
+    fn file_keys_wrap_under_the_location_secret_bound_to_version_and_epoch() {
         let key = FileKey::generate();
-        let wrapped = key.wrap(LOCATION.public_key()).unwrap();
-        let back = FileKey::unwrap(&wrapped, &LOCATION).unwrap();
+        let version = version();
+        let wrapped = key.wrap(&SECRETS, &version, 3).unwrap();
+        assert_eq!(wrapped.len(), WRAPPED_KEY_LEN);
+        let back = FileKey::unwrap(&wrapped, &SECRETS, &version, 3).unwrap();
         assert_eq!(back.0.as_bytes(), key.0.as_bytes());
+        // A second wrap of the same key looks unrelated (fresh nonce).
+        assert_ne!(key.wrap(&SECRETS, &version, 3).unwrap(), wrapped);
+        // Another location, version, object or epoch does not unwrap it.
+        let unwraps = |secrets: &LocationSecrets, version: &VersionRef, epoch| {
+            FileKey::unwrap(&wrapped, secrets, version, epoch).is_ok()
+        };
+        assert!(!unwraps(&OTHER_SECRETS, &version, 3));
+        assert!(!unwraps(&SECRETS, &version, 4));
+        let mut later = version.clone();
+        later.version += 1;
+        assert!(!unwraps(&SECRETS, &later, 3));
+        let mut elsewhere = version.clone();
+        elsewhere.object_id = ObjectId([9; 32]);
+        assert!(!unwraps(&SECRETS, &elsewhere, 3));
+        // A damaged or truncated wrap is refused, not mistaken for RSA.
+        let mut damaged = wrapped.clone();
+        damaged[20] ^= 1;
         assert!(matches!(
-            FileKey::unwrap(&wrapped, &OTHER),
+            FileKey::unwrap(&damaged, &SECRETS, &version, 3),
             Err(PipelineError::UnwrapKey(_))
         ));
-        let printed = format!("{key:?} {:?}", VersionCipher::new(key.clone(), version()));
-        assert!(printed.contains("FileKey(..)"));
+        assert!(FileKey::unwrap(&wrapped[..40], &SECRETS, &version, 3).is_err());
+        assert!(FileKey::unwrap(&[], &SECRETS, &version, 3).is_err());
+        let printed = format!(
+            "{key:?} {:?} {:?}",
+            VersionCipher::new(key.clone(), version),
+            *SECRETS
+        );
+        assert!(printed.contains("FileKey(..)") && printed.contains("LocationSecrets(..)"));
         assert!(!printed.contains(&format!("{:?}", key.0.as_bytes())));
+    }
+
+    #[test]
+    fn file_keys_that_earlier_versions_wrapped_with_rsa_still_unwrap() {
+        let key = FileKey::generate();
+        let legacy = LOCATION.public_key().wrap(key.0.as_bytes()).unwrap();
+        assert_ne!(legacy.len(), WRAPPED_KEY_LEN);
+        let back = FileKey::unwrap(&legacy, &SECRETS, &version(), 0).unwrap();
+        assert_eq!(back.0.as_bytes(), key.0.as_bytes());
+        assert!(matches!(
+            FileKey::unwrap(&legacy, &OTHER_SECRETS, &version(), 0),
+            Err(PipelineError::UnwrapKey(_))
+        ));
+    }
+
+    #[test]
+    fn the_wrapping_secret_is_not_the_object_id_secret() {
+        let path = NormalPath::new("a").unwrap();
+        let ids = ObjectIdKey::derive(&LOCATION).unwrap();
+        // Object IDs did not change when the wrapping secret was added.
+        assert_eq!(SECRETS.object_id(&path), ids.object_id(&path));
+        assert_ne!(
+            SECRETS.wrap.as_bytes().as_slice(),
+            hmac_sha256(&location_seed(&LOCATION).unwrap()[..], b"silt-object-id-v1").as_slice()
+        );
     }
 }

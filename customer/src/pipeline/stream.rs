@@ -9,7 +9,6 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use common::crypto::{PrivateKey, PublicKey};
 use common::id::UserId;
 use common::manifest::{BlockFragments, MAX_MANIFEST_BYTES, Manifest, ObjectId, Scheme};
 use prost::Message;
@@ -19,7 +18,7 @@ use super::erasure::{EncodedBlock, ErasureCoder, fragment_size};
 use super::scheme::checked;
 use super::seal::TAG_LEN;
 use super::{
-    FileKey, FileMetadata, NormalPath, ObjectIdKey, PipelineError, VersionCipher, VersionRef,
+    FileKey, FileMetadata, LocationSecrets, NormalPath, PipelineError, VersionCipher, VersionRef,
 };
 
 /// Default plaintext bytes per block: 4 MiB.
@@ -82,11 +81,11 @@ pub struct Encoder<R> {
 
 impl<R> Encoder<R> {
     /// An encoder reading from `reader`. It makes a fresh file key and wraps
-    /// it under `location_key`, the location's public key.
+    /// it under the location's wrapping secret.
     pub fn new(
         reader: R,
         params: EncodeParams,
-        location_key: &PublicKey,
+        location: &LocationSecrets,
     ) -> Result<Self, PipelineError> {
         let block_size = checked_block_size(params.block_size as u64)?;
         if params.version.version == 0 {
@@ -94,7 +93,7 @@ impl<R> Encoder<R> {
         }
         let coder = ErasureCoder::new(params.scheme)?;
         let key = FileKey::generate();
-        let wrapped = key.wrap(location_key)?;
+        let wrapped = key.wrap(location, &params.version, params.epoch)?;
         let manifest = ManifestBuilder::new(params.version.clone(), params.writer, params.scheme)
             .epoch(params.epoch)
             .created_unix(params.created_unix)
@@ -363,19 +362,26 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Unwraps the file key with `location_key`, opens the metadata and
-    /// checks that the manifest agrees with it: the object ID belongs to the
-    /// path, and the block count and fragment sizes match the size.
+    /// Unwraps the file key with the location's secrets, opens the metadata
+    /// and checks that the manifest agrees with it: the object ID belongs to
+    /// the path, and the block count and fragment sizes match the size.
     ///
-    /// The manifest must have been verified first: RSA decryption leaks
-    /// timing (RUSTSEC-2023-0071), so never unwrap a key that an
+    /// The manifest must have been verified first: file keys that earlier
+    /// versions wrapped with RSA are decrypted with the private key, which
+    /// leaks timing (RUSTSEC-2023-0071), so never unwrap a key that an
     /// unauthenticated peer chose.
-    pub fn new(manifest: &Manifest, location_key: &PrivateKey) -> Result<Self, PipelineError> {
+    pub fn new(manifest: &Manifest, location: &LocationSecrets) -> Result<Self, PipelineError> {
         let scheme = checked(manifest.scheme)?;
-        let key = FileKey::unwrap(&manifest.wrapped_file_key, location_key)?;
-        let cipher = VersionCipher::new(key, VersionRef::of(manifest));
+        let version = VersionRef::of(manifest);
+        let key = FileKey::unwrap(
+            &manifest.wrapped_file_key,
+            location,
+            &version,
+            manifest.epoch,
+        )?;
+        let cipher = VersionCipher::new(key, version);
         let metadata = cipher.open_metadata(&manifest.sealed_metadata)?;
-        if ObjectIdKey::derive(location_key)?.object_id(&metadata.path) != manifest.object_id {
+        if location.object_id(&metadata.path) != manifest.object_id {
             return Err(PipelineError::Inconsistent(
                 "the object id does not belong to the file's path",
             ));
@@ -541,19 +547,15 @@ fn sealed_len(metadata: &FileMetadata, index: u64) -> Result<usize, PipelineErro
 
 #[cfg(test)]
 mod tests {
-    use std::sync::LazyLock;
-
     use common::manifest::SignedManifest;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
 
-    use super::super::fixtures::{LOCATION, OTHER};
+    use super::super::fixtures::{LOCATION, OTHER, OTHER_SECRETS, SECRETS};
     use super::*;
 
     const BLOCK: usize = 64 * 1024;
     const SCHEMES: [(u32, u32); 5] = [(1, 0), (1, 1), (2, 2), (4, 2), (5, 3)];
-
-    static IDS: LazyLock<ObjectIdKey> = LazyLock::new(|| ObjectIdKey::derive(&LOCATION).unwrap());
 
     fn scheme(data: u32, parity: u32) -> Scheme {
         Scheme { data, parity }
@@ -564,7 +566,7 @@ mod tests {
         EncodeParams {
             version: VersionRef {
                 location: "docs$alice@id-a".parse().unwrap(),
-                object_id: IDS.object_id(&path),
+                object_id: SECRETS.object_id(&path),
                 version,
             },
             path,
@@ -584,7 +586,7 @@ mod tests {
     }
 
     fn encode_with(params: EncodeParams, data: &[u8]) -> (Vec<EncodedBlock>, Manifest) {
-        let mut encoder = Encoder::new(data, params, LOCATION.public_key()).unwrap();
+        let mut encoder = Encoder::new(data, params, &SECRETS).unwrap();
         let mut blocks = Vec::new();
         while let Some(block) = encoder.next_block().unwrap() {
             assert_eq!(block.index, blocks.len() as u64);
@@ -610,7 +612,7 @@ mod tests {
         manifest: &Manifest,
         blocks: &[Vec<Option<Vec<u8>>>],
     ) -> Result<Vec<u8>, PipelineError> {
-        let mut decoder = Decoder::new(manifest, &LOCATION)?;
+        let mut decoder = Decoder::new(manifest, &SECRETS)?;
         let mut out = Vec::new();
         for (index, fragments) in (0..).zip(blocks) {
             assert_eq!(decoder.next_index(), Some(index));
@@ -661,7 +663,7 @@ mod tests {
                     "{scheme} {len}"
                 );
 
-                let decoder = Decoder::new(&manifest, &LOCATION).unwrap();
+                let decoder = Decoder::new(&manifest, &SECRETS).unwrap();
                 let metadata = decoder.metadata();
                 assert_eq!(metadata.path.as_str(), "dir/file.bin");
                 assert_eq!(metadata.size, len as u64);
@@ -701,7 +703,7 @@ mod tests {
             let plain = random(3 * BLOCK, 3);
             let (blocks, manifest) = encode(scheme, BLOCK, &plain);
             for mask in subsets(scheme.positions(), parity + 1) {
-                let mut decoder = Decoder::new(&manifest, &LOCATION).unwrap();
+                let mut decoder = Decoder::new(&manifest, &SECRETS).unwrap();
                 let mut out = Vec::new();
                 let mut fragments = all(&blocks);
                 decoder.write_block(0, &fragments[0], &mut out).unwrap();
@@ -794,7 +796,7 @@ mod tests {
         // AAD (its index) still refuses it.
         let mut moved = manifest.clone();
         moved.blocks.swap(0, 1);
-        let mut decoder = Decoder::new(&moved, &LOCATION).unwrap();
+        let mut decoder = Decoder::new(&moved, &SECRETS).unwrap();
         assert!(matches!(
             decoder.write_block(0, &fragments[0], &mut Vec::new()),
             Err(PipelineError::BlockDecrypt { block: 0 })
@@ -816,7 +818,7 @@ mod tests {
                 })
             ));
             // Even with its hashes, its blocks do not open under version 1's
-            // key, and its metadata is bound to its own version and object.
+            // key, and its file key is bound to its own version and object.
             let mut spliced = manifest.clone();
             spliced.blocks = other_manifest.blocks.clone();
             assert!(matches!(
@@ -827,29 +829,30 @@ mod tests {
             relabeled.version = manifest.version;
             relabeled.object_id = manifest.object_id;
             assert!(matches!(
-                Decoder::new(&relabeled, &LOCATION),
-                Err(PipelineError::MetadataDecrypt)
+                Decoder::new(&relabeled, &SECRETS),
+                Err(PipelineError::UnwrapKey(_))
             ));
         }
 
-        // The metadata is bound to version, object and location.
+        // The wrapped file key (and, under it, the metadata) is bound to
+        // version, object and location.
         let mut relabeled = manifest.clone();
         relabeled.version = 9;
         assert!(matches!(
-            Decoder::new(&relabeled, &LOCATION),
-            Err(PipelineError::MetadataDecrypt)
+            Decoder::new(&relabeled, &SECRETS),
+            Err(PipelineError::UnwrapKey(_))
         ));
         let mut relabeled = manifest.clone();
         relabeled.object_id = ObjectId([1; 32]);
         assert!(matches!(
-            Decoder::new(&relabeled, &LOCATION),
-            Err(PipelineError::MetadataDecrypt)
+            Decoder::new(&relabeled, &SECRETS),
+            Err(PipelineError::UnwrapKey(_))
         ));
         let mut relabeled = manifest.clone();
         relabeled.location = "music$alice@id-a".parse().unwrap();
         assert!(matches!(
-            Decoder::new(&relabeled, &LOCATION),
-            Err(PipelineError::MetadataDecrypt)
+            Decoder::new(&relabeled, &SECRETS),
+            Err(PipelineError::UnwrapKey(_))
         ));
     }
 
@@ -859,28 +862,28 @@ mod tests {
         let plain = random(2 * BLOCK, 1);
         let (_, manifest) = encode(scheme, BLOCK, &plain);
         assert!(matches!(
-            Decoder::new(&manifest, &OTHER),
+            Decoder::new(&manifest, &OTHER_SECRETS),
             Err(PipelineError::UnwrapKey(_))
         ));
         let mut short = manifest.clone();
         short.blocks.pop();
         assert!(matches!(
-            Decoder::new(&short, &LOCATION),
+            Decoder::new(&short, &SECRETS),
             Err(PipelineError::Inconsistent(_))
         ));
         let mut resized = manifest.clone();
         resized.blocks[1].fragment_size += 2;
         assert!(matches!(
-            Decoder::new(&resized, &LOCATION),
+            Decoder::new(&resized, &SECRETS),
             Err(PipelineError::Inconsistent(_))
         ));
 
         // An object ID that is not the path's.
         let mut wrong = params(scheme, BLOCK, "dir/file.bin", 1);
-        wrong.version.object_id = ObjectIdKey::derive(&OTHER).unwrap().object_id(&wrong.path);
+        wrong.version.object_id = OTHER_SECRETS.object_id(&wrong.path);
         let (_, manifest) = encode_with(wrong, &plain);
         assert!(matches!(
-            Decoder::new(&manifest, &LOCATION),
+            Decoder::new(&manifest, &SECRETS),
             Err(PipelineError::Inconsistent(m)) if m.contains("object id")
         ));
     }
@@ -890,7 +893,7 @@ mod tests {
         let plain = random(3 * BLOCK, 2);
         let (blocks, manifest) = encode(scheme(1, 1), BLOCK, &plain);
         let fragments = all(&blocks);
-        let mut decoder = Decoder::new(&manifest, &LOCATION).unwrap();
+        let mut decoder = Decoder::new(&manifest, &SECRETS).unwrap();
         let mut out = Vec::new();
         assert!(matches!(
             decoder.write_block(1, &fragments[1], &mut out),
@@ -951,7 +954,7 @@ mod tests {
             fail_after: usize::MAX,
         };
         let params = params(scheme(4, 2), BLOCK, "big", 1);
-        let mut encoder = Encoder::new(reader, params, LOCATION.public_key()).unwrap();
+        let mut encoder = Encoder::new(reader, params, &SECRETS).unwrap();
         let mut blocks = Vec::new();
         for index in 0..5 {
             let block = encoder.next_block().unwrap().unwrap();
@@ -975,7 +978,7 @@ mod tests {
             fail_after: BLOCK + 8192,
         };
         let params = params(scheme(2, 1), BLOCK, "f", 1);
-        let mut encoder = Encoder::new(reader, params, LOCATION.public_key()).unwrap();
+        let mut encoder = Encoder::new(reader, params, &SECRETS).unwrap();
         assert!(encoder.next_block().unwrap().is_some());
         assert!(matches!(encoder.next_block(), Err(PipelineError::Read(_))));
         assert!(matches!(encoder.next_block(), Err(PipelineError::Poisoned)));
@@ -984,28 +987,27 @@ mod tests {
 
     #[test]
     fn encoder_parameters_are_checked() {
-        let public = LOCATION.public_key();
         let mut p = params(scheme(2, 1), 100, "f", 1);
         assert!(matches!(
-            Encoder::new(io::empty(), p.clone(), public),
+            Encoder::new(io::empty(), p.clone(), &SECRETS),
             Err(PipelineError::BlockSize { size: 100 })
         ));
         p.block_size = MAX_BLOCK_SIZE + 1;
-        assert!(Encoder::new(io::empty(), p.clone(), public).is_err());
+        assert!(Encoder::new(io::empty(), p.clone(), &SECRETS).is_err());
         p.block_size = BLOCK;
         p.version.version = 0;
         assert!(matches!(
-            Encoder::new(io::empty(), p.clone(), public),
+            Encoder::new(io::empty(), p.clone(), &SECRETS),
             Err(PipelineError::Version)
         ));
         p.version.version = 1;
         p.scheme = scheme(0, 3);
         assert!(matches!(
-            Encoder::new(io::empty(), p.clone(), public),
+            Encoder::new(io::empty(), p.clone(), &SECRETS),
             Err(PipelineError::Scheme { .. })
         ));
         p.scheme = scheme(2, 1);
-        let encoder = Encoder::new(io::empty(), p, public).unwrap();
+        let encoder = Encoder::new(io::empty(), p, &SECRETS).unwrap();
         let printed = format!("{encoder:?}");
         assert!(printed.starts_with("Encoder {"), "{printed}");
         assert!(!printed.contains("FileKey"));
@@ -1057,13 +1059,13 @@ mod tests {
         let mut encoder = Encoder::new(
             tokio::io::empty(),
             params(scheme(4, 2), BLOCK, "f", 1),
-            LOCATION.public_key(),
+            &SECRETS,
         )
         .unwrap();
         send(&encoder);
         send(&encoder.next_block_async());
         let (_, manifest) = encode(scheme(4, 2), BLOCK, b"x");
-        let mut decoder = Decoder::new(&manifest, &LOCATION).unwrap();
+        let mut decoder = Decoder::new(&manifest, &SECRETS).unwrap();
         send(&decoder);
         let mut sink = tokio::io::sink();
         send(&decoder.write_block_async(0, &[None::<Vec<u8>>], &mut sink));
@@ -1073,13 +1075,13 @@ mod tests {
     async fn async_round_trip() {
         let plain = random(2 * BLOCK + 77, 9);
         let params = params(scheme(4, 2), BLOCK, "async", 1);
-        let mut encoder = Encoder::new(plain.as_slice(), params, LOCATION.public_key()).unwrap();
+        let mut encoder = Encoder::new(plain.as_slice(), params, &SECRETS).unwrap();
         let mut blocks = Vec::new();
         while let Some(block) = encoder.next_block_async().await.unwrap() {
             blocks.push(block);
         }
         let manifest = encoder.finish().unwrap();
-        let mut decoder = Decoder::new(&manifest, &LOCATION).unwrap();
+        let mut decoder = Decoder::new(&manifest, &SECRETS).unwrap();
         let mut out: Vec<u8> = Vec::new();
         for (index, fragments) in (0..).zip(all(&blocks)) {
             decoder
