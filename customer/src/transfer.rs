@@ -20,7 +20,8 @@ use common::manifest::{Manifest, ObjectId, SignedManifest};
 use proto::common::v1::Location;
 use proto::storage::v1::{
     CommitManifestRequest, DeleteRequest, FragmentHeader, FragmentRef, GetFragmentRequest,
-    ListManifestsRequest, PutFragmentRequest, get_fragment_response, put_fragment_request,
+    InlineFragment, ListManifestsRequest, PutFragmentRequest, get_fragment_response,
+    put_fragment_request,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -33,6 +34,12 @@ use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_e
 
 /// Blocks uploaded or downloaded at once.
 const BLOCKS_IN_FLIGHT: usize = 8;
+/// Fragments up to this size are sent with the commit instead of staged
+/// first, saving a round trip per supplier for small files.
+const INLINE_FRAGMENT_MAX: u64 = 64 << 10;
+/// The most fragment bytes one commit carries; suppliers take up to
+/// `supplier::service::storage::MAX_INLINE_BYTES` (1 MiB).
+const INLINE_TOTAL_MAX: u64 = 256 << 10;
 /// Bytes per `PutFragment` chunk message: large enough that a fragment of a
 /// default block is one message, sent without a copy.
 const CHUNK: usize = 8 << 20;
@@ -332,7 +339,31 @@ impl Session {
         let location = location_proto(keys);
         let mut in_flight: JoinSet<Result<u64, TransferError>> = JoinSet::new();
         let mut failure = None;
+        // Small blocks ride with the commit: per position, each block's
+        // fragment.
+        let mut inline: Vec<Vec<InlineFragment>> = vec![Vec::new(); count as usize];
+        let mut inline_bytes = 0u64;
+        let mut inline_plaintext = 0u64;
         while let Some(block) = rx.recv().await {
+            // Progress counts plaintext bytes: the block's share of the file.
+            let block_size = self.block_size() as u64;
+            let plaintext = file_len
+                .saturating_sub(block.index * block_size)
+                .min(block_size);
+            let fragment_bytes = block.hashes.fragment_size;
+            if fragment_bytes <= INLINE_FRAGMENT_MAX
+                && inline_bytes + fragment_bytes <= INLINE_TOTAL_MAX
+            {
+                inline_bytes += fragment_bytes;
+                inline_plaintext += plaintext;
+                for (slot, data) in inline.iter_mut().zip(block.fragments) {
+                    slot.push(InlineFragment {
+                        block: block.index,
+                        data,
+                    });
+                }
+                continue;
+            }
             while in_flight.len() >= BLOCKS_IN_FLIGHT {
                 if let Some(done) = in_flight.join_next().await {
                     match flatten(done) {
@@ -347,11 +378,6 @@ impl Session {
             let clients = clients.clone();
             let addrs = addrs.clone();
             let location = location.clone();
-            // Progress counts plaintext bytes: the block's share of the file.
-            let block_size = self.block_size() as u64;
-            let plaintext = file_len
-                .saturating_sub(block.index * block_size)
-                .min(block_size);
             in_flight.spawn(upload_block(
                 clients, addrs, location, object_id, version, block, plaintext,
             ));
@@ -381,12 +407,13 @@ impl Session {
                 .map_err(|e| TransferError::Task(e.to_string()))?
                 .map_err(|e| TransferError::Task(e.to_string()))?;
         let mut commits = JoinSet::new();
-        for (position, client) in clients.into_iter().enumerate() {
+        for ((position, client), fragments) in clients.into_iter().enumerate().zip(inline) {
             let request = CommitManifestRequest {
                 manifest: Some(signed.to_proto()),
                 position: position as u32,
                 writer_identity: Some(self.identity().to_proto()),
                 location: Some(location.clone()),
+                fragments,
             };
             let mut client = client;
             let addr = self.supplier_addr(position as u32);
@@ -407,7 +434,9 @@ impl Session {
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        if !failures.is_empty() {
+        if failures.is_empty() {
+            progress(inline_plaintext);
+        } else {
             return Err(TransferError::PartialCommit {
                 path: path.to_string(),
                 version,

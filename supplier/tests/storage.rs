@@ -18,9 +18,9 @@ use proto::mailbox::v1::{AckRequest, FetchRequest, PostRequest};
 use proto::storage::v1::storage_client::StorageClient;
 use proto::storage::v1::{
     ChallengeRequest, CommitManifestRequest, DeleteRequest, EventKind, FragmentHeader, FragmentRef,
-    GetFragmentRequest, HireRequest, KeyRegistration, ListManifestsRequest, OfferRequest,
-    ProveRequest, PutFragmentRequest, RegisterKeyRequest, SubscribeRequest, get_fragment_response,
-    put_fragment_request,
+    GetFragmentRequest, HireRequest, InlineFragment, KeyRegistration, ListManifestsRequest,
+    OfferRequest, ProveRequest, PutFragmentRequest, RegisterKeyRequest, SubscribeRequest,
+    get_fragment_response, put_fragment_request,
 };
 use supplier::{Config, Supplier};
 use tempfile::TempDir;
@@ -251,12 +251,27 @@ async fn commit(
     location: &Location,
     signed: proto::storage::v1::SignedManifest,
 ) -> Result<(), tonic::Status> {
+    commit_carrying(client, writer, location, signed, Vec::new()).await
+}
+
+/// A commit that carries `fragments` (block index, bytes) for position 0.
+async fn commit_carrying(
+    client: &mut StorageClient<Channel>,
+    writer: &Customer,
+    location: &Location,
+    signed: proto::storage::v1::SignedManifest,
+    fragments: Vec<(u64, Vec<u8>)>,
+) -> Result<(), tonic::Status> {
     client
         .commit_manifest(CommitManifestRequest {
             manifest: Some(signed),
             position: 0,
             writer_identity: Some(writer.identity.to_proto()),
             location: Some(location.clone()),
+            fragments: fragments
+                .into_iter()
+                .map(|(block, data)| InlineFragment { block, data })
+                .collect(),
         })
         .await
         .map(|_| ())
@@ -757,6 +772,127 @@ async fn commits_check_every_staged_hash_and_unclaimed_fragments_are_collected()
     })
     .await;
     assert!(freed.is_ok(), "the staged fragment was never collected");
+}
+
+#[tokio::test]
+async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 5000).await.unwrap();
+    let master = alice.location("master");
+    let signed = |object: u8, blocks: &[&[u8]]| {
+        manifest(alice.key_id("master"), &alice, alice.key, object, 1, blocks)
+    };
+    let refused = |status: tonic::Status, words: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(status.message().contains(words), "{}", status.message());
+    };
+
+    // Fragments that do not match the manifest, that it does not list, or
+    // that come twice are refused, and nothing is committed or charged.
+    let status = commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        signed(1, &[b"zero"]),
+        vec![(0, b"ZERO".to_vec())],
+    )
+    .await
+    .unwrap_err();
+    refused(status, "does not match the manifest");
+    let status = commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        signed(1, &[b"zero"]),
+        vec![(1, b"zero".to_vec())],
+    )
+    .await
+    .unwrap_err();
+    refused(status, "block 1");
+    let status = commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        signed(1, &[b"zero"]),
+        vec![(0, b"zero".to_vec()), (0, b"zero".to_vec())],
+    )
+    .await
+    .unwrap_err();
+    refused(status, "twice");
+    let big = vec![7u8; (supplier::service::storage::MAX_INLINE_BYTES + 1) as usize];
+    let status = commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        signed(1, &[&big]),
+        vec![(0, big.clone())],
+    )
+    .await
+    .unwrap_err();
+    refused(status, "PutFragment");
+    assert_eq!(list(&mut client, &master).await.unwrap(), 0);
+    assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 0);
+
+    // Two blocks: one carried, one uploaded first. Both read back.
+    put(&mut client, fragment_ref(&master, 2, 1, 1), b"one")
+        .await
+        .unwrap();
+    let two_blocks = signed(2, &[b"zero", b"one"]);
+    commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        two_blocks.clone(),
+        vec![(0, b"zero".to_vec())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(list(&mut client, &master).await.unwrap(), 1);
+    assert_eq!(
+        get(&mut client, fragment_ref(&master, 2, 1, 0))
+            .await
+            .unwrap(),
+        b"zero"
+    );
+    assert_eq!(
+        get(&mut client, fragment_ref(&master, 2, 1, 1))
+            .await
+            .unwrap(),
+        b"one"
+    );
+    // A retry of the same commit is accepted and charges nothing more.
+    commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        two_blocks,
+        vec![(0, b"zero".to_vec())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 7);
+
+    // Carried fragments count against the quota like uploaded ones.
+    let large = vec![3u8; 6000];
+    let status = commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        signed(3, &[&large]),
+        vec![(0, large.clone())],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("quota"), "{}", status.message());
+    assert_eq!(list(&mut client, &master).await.unwrap(), 1);
 }
 
 #[tokio::test]

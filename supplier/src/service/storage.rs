@@ -7,6 +7,7 @@
 //! possession of the location's key, may read, write and subscribe, but never
 //! delete; the `master` location is the owner's alone.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use common::crypto::{PublicKey, Purpose};
 use common::envelope::Envelope;
 use common::id::{Alias, KeyId, NodeId, UserId};
 use common::identity::SignedIdentity;
-use common::manifest::{ObjectId, SignedManifest};
+use common::manifest::{Manifest, ObjectId, SignedManifest};
 use net::PeerInfo;
 use prost::Message;
 use proto::common::v1::Location;
@@ -24,11 +25,11 @@ use proto::storage::v1::storage_server::Storage;
 use proto::storage::v1::{
     ChallengeRequest, ChallengeResponse, CommitManifestRequest, CommitManifestResponse,
     DeleteRequest, DeleteResponse, Event, EventKind, FragmentHeader, FragmentRef,
-    GetFragmentRequest, GetFragmentResponse, HireRequest, HireResponse, KeyRegistration,
-    KeyRemoval, ListManifestsRequest, ListManifestsResponse, OfferRequest, OfferResponse,
-    ProveRequest, ProveResponse, PutFragmentRequest, PutFragmentResponse, RegisterKeyRequest,
-    RegisterKeyResponse, ReleaseRequest, ReleaseResponse, RemoveKeyRequest, RemoveKeyResponse,
-    SubscribeRequest, get_fragment_response, put_fragment_request,
+    GetFragmentRequest, GetFragmentResponse, HireRequest, HireResponse, InlineFragment,
+    KeyRegistration, KeyRemoval, ListManifestsRequest, ListManifestsResponse, OfferRequest,
+    OfferResponse, ProveRequest, ProveResponse, PutFragmentRequest, PutFragmentResponse,
+    RegisterKeyRequest, RegisterKeyResponse, ReleaseRequest, ReleaseResponse, RemoveKeyRequest,
+    RemoveKeyResponse, SubscribeRequest, get_fragment_response, put_fragment_request,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -41,6 +42,9 @@ use tracing::{debug, info, warn};
 use crate::grant::{GrantError, Grants};
 use crate::metrics::Metrics;
 use crate::store::{Commit, CommitRefusal, Contract, KeyRecord, Store, StoreError, keys};
+
+/// Most fragment bytes one commit may carry (`CommitManifestRequest.fragments`).
+pub const MAX_INLINE_BYTES: u64 = 1 << 20;
 
 /// Bounds and durations of the storage service.
 #[derive(Debug, Clone)]
@@ -725,6 +729,54 @@ impl StorageService {
         Ok(parts)
     }
 
+    /// Checks the fragments a commit carries against the (verified)
+    /// manifest: each names a block of it once, has its fragment size, and
+    /// hashes to its entry for `position`. Returns their store keys,
+    /// payloads and hashes.
+    fn inline_fragments(
+        &self,
+        location: &Resolved,
+        manifest: &Manifest,
+        position: u32,
+        fragments: Vec<InlineFragment>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>, [u8; 32])>, Error> {
+        let total: u64 = fragments.iter().map(|f| f.data.len() as u64).sum();
+        if total > MAX_INLINE_BYTES {
+            return Err(bad(format!(
+                "a commit carries {total} bytes of fragments, more than the {MAX_INLINE_BYTES} \
+                 allowed: upload them with PutFragment"
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(fragments.len());
+        for InlineFragment { block, data } in fragments {
+            let entry = usize::try_from(block)
+                .ok()
+                .and_then(|b| manifest.blocks.get(b))
+                .ok_or_else(|| bad(format!("the commit carries a fragment of block {block}, which the manifest does not have")))?;
+            if !seen.insert(block) {
+                return Err(bad(format!("the commit carries block {block} twice")));
+            }
+            let sha256 = common::crypto::sha256(&data);
+            if data.len() as u64 != entry.fragment_size
+                || entry.sha256.get(position as usize) != Some(&sha256)
+            {
+                return Err(bad(format!(
+                    "the fragment of block {block} the commit carries does not match the manifest"
+                )));
+            }
+            let key = keys::fragment(
+                &location.key,
+                &manifest.object_id.0,
+                manifest.version,
+                block,
+                position,
+            );
+            out.push((key, data, sha256));
+        }
+        Ok(out)
+    }
+
     async fn commit_manifest(
         &self,
         peer: &PeerInfo,
@@ -766,6 +818,7 @@ impl StorageService {
             return Err(bad("position is outside the manifest's scheme"));
         }
         let position = request.position;
+        let inline = self.inline_fragments(&location, &manifest, position, request.fragments)?;
         let fragments = manifest
             .blocks
             .iter()
@@ -786,9 +839,15 @@ impl StorageService {
             fragments,
             keep_versions: self.limits.keep_versions,
         };
-        self.run(move |store| store.commit(&commit))
-            .await?
-            .map_err(|refusal: CommitRefusal| Error::Precondition(refusal.to_string()))?;
+        let (owner, capacity) = (location.owner, self.limits.capacity);
+        self.run(move |store| {
+            for (key, payload, sha256) in &inline {
+                store.stage(&owner, key, payload, *sha256, capacity)?;
+            }
+            store.commit(&commit)
+        })
+        .await?
+        .map_err(|refusal: CommitRefusal| Error::Precondition(refusal.to_string()))?;
         debug!(location = %location.key_id, object = ?manifest.object_id, version = manifest.version, "committed");
         self.publish(
             &location,
