@@ -2,7 +2,8 @@
 # Benchmark: starts 6 suppliers on loopback (4+2), then measures with the
 # real binaries:
 #   - upload and download MiB/s of 1 MiB, 64 MiB and 1 GiB files;
-#   - 1000 files of 4 KiB per second, up and down;
+#   - 1000 files of 4 KiB per second, up and down, and how long `ls` of
+#     them takes;
 #   - peak RSS of the customer (per command) and of each supplier;
 #   - the in-process pipeline (encrypt + hash + erasure-code, no network)
 #     as the local limit.
@@ -10,13 +11,18 @@
 #
 #   scripts/bench.sh            # all sizes
 #   SIZES_MIB="1 64" scripts/bench.sh
+#   BENCH_BIN=/some/dir scripts/bench.sh   # silt and silt-supplier from there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/silt/target}"
-cargo build --locked --workspace --all-targets --all-features >/dev/null
-bin="$CARGO_TARGET_DIR/debug"
+if [ -n "${BENCH_BIN:-}" ]; then
+    bin="$BENCH_BIN" # other binaries, e.g. an older build to compare with
+else
+    cargo build --locked --workspace --all-targets --all-features >/dev/null
+    bin="$CARGO_TARGET_DIR/debug"
+fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/silt-bench.XXXXXX")"
 sizes="${SIZES_MIB:-1 64 1024}"
 base="${BASE_PORT:-17700}"
@@ -83,6 +89,12 @@ for dir in up down; do
     awk -v d="$dir" -v s="$start" -v e="$end" -v r="$out" \
         'BEGIN { printf "%-28s %8.1f files/s %6.2f s  customer peak RSS %6.1f MiB\n", "1000 x 4 KiB " d, 1000 / (e - s), e - s, r / 1024 }'
 done
+
+start=$(date +%s.%N)
+listed=$("$bin/silt" ls | wc -l)
+end=$(date +%s.%N)
+awk -v n="$listed" -v s="$start" -v e="$end" \
+    'BEGIN { printf "%-28s %8.2f s  (%d lines)\n", "ls of the location", e - s, n }'
 
 for i in 0 1 2 3 4 5; do
     awk -v i="$i" '/VmHWM/ { printf "supplier %d peak RSS %6.1f MiB\n", i, $2 / 1024 }' "/proc/${pids[$i]}/status"
