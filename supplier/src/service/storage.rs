@@ -46,6 +46,14 @@ use crate::store::{Commit, CommitRefusal, Contract, KeyRecord, Store, StoreError
 /// Most fragment bytes one commit may carry (`CommitManifestRequest.fragments`).
 pub const MAX_INLINE_BYTES: u64 = 1 << 20;
 
+/// A fragment a commit carries, checked against the manifest.
+struct Carried {
+    /// Its store key.
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    sha256: [u8; 32],
+}
+
 /// Bounds and durations of the storage service.
 #[derive(Debug, Clone)]
 pub struct StorageLimits {
@@ -731,15 +739,14 @@ impl StorageService {
 
     /// Checks the fragments a commit carries against the (verified)
     /// manifest: each names a block of it once, has its fragment size, and
-    /// hashes to its entry for `position`. Returns their store keys,
-    /// payloads and hashes.
+    /// hashes to its entry for `position`.
     fn inline_fragments(
         &self,
         location: &Resolved,
         manifest: &Manifest,
         position: u32,
         fragments: Vec<InlineFragment>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>, [u8; 32])>, Error> {
+    ) -> Result<Vec<Carried>, Error> {
         let total: u64 = fragments.iter().map(|f| f.data.len() as u64).sum();
         if total > MAX_INLINE_BYTES {
             return Err(bad(format!(
@@ -772,7 +779,11 @@ impl StorageService {
                 block,
                 position,
             );
-            out.push((key, data, sha256));
+            out.push(Carried {
+                key,
+                payload: data,
+                sha256,
+            });
         }
         Ok(out)
     }
@@ -841,8 +852,14 @@ impl StorageService {
         };
         let (owner, capacity) = (location.owner, self.limits.capacity);
         self.run(move |store| {
-            for (key, payload, sha256) in &inline {
-                store.stage(&owner, key, payload, *sha256, capacity)?;
+            for carried in &inline {
+                store.stage(
+                    &owner,
+                    &carried.key,
+                    &carried.payload,
+                    carried.sha256,
+                    capacity,
+                )?;
             }
             store.commit(&commit)
         })
