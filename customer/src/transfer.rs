@@ -34,6 +34,10 @@ use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_e
 
 /// Blocks uploaded or downloaded at once.
 const BLOCKS_IN_FLIGHT: usize = 8;
+/// A download starts syncing what it wrote, in the background, after this
+/// many bytes: the kernel would otherwise hold a large file's pages until
+/// the final sync, and write them all then.
+const SYNC_BEHIND_BYTES: u64 = 64 << 20;
 /// Fragments up to this size are sent with the commit instead of staged
 /// first, saving a round trip per supplier for small files.
 const INLINE_FRAGMENT_MAX: u64 = 64 << 10;
@@ -535,6 +539,10 @@ impl Session {
                 .open(tmp)
                 .map_err(io_err(tmp))?,
         );
+        // Written blocks are synced behind the writes, so that the final
+        // sync finds little left to write.
+        let mut unsynced = 0u64;
+        let mut syncing: Option<tokio::task::JoinHandle<Result<(), TransferError>>> = None;
         let scheme = version.manifest.scheme;
         let positions = scheme.positions();
         // Prefer data positions, then parity; skip those known to be down.
@@ -635,6 +643,22 @@ impl Session {
             }
             progress(size);
             next_write += 1;
+            unsynced += size;
+            if unsynced >= SYNC_BEHIND_BYTES && syncing.as_ref().is_none_or(|s| s.is_finished()) {
+                if let Some(done) = syncing.take() {
+                    flatten(done.await)?;
+                }
+                std::io::Write::flush(&mut file).map_err(io_err(tmp))?;
+                let handle = file.get_ref().try_clone().map_err(io_err(tmp))?;
+                let path = tmp.to_owned();
+                syncing = Some(tokio::task::spawn_blocking(move || {
+                    handle.sync_data().map_err(io_err(&path))
+                }));
+                unsynced = 0;
+            }
+        }
+        if let Some(done) = syncing.take() {
+            flatten(done.await)?;
         }
         let file = file.into_inner().map_err(|e| TransferError::Io {
             path: tmp.to_owned(),
