@@ -34,10 +34,10 @@ use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_e
 
 /// Blocks uploaded or downloaded at once.
 const BLOCKS_IN_FLIGHT: usize = 8;
-/// A download starts syncing what it wrote, in the background, after this
-/// many bytes: the kernel would otherwise hold a large file's pages until
-/// the final sync, and write them all then.
-const SYNC_BEHIND_BYTES: u64 = 64 << 20;
+/// A download starts syncing what it wrote, in the background, every this
+/// many blocks (64 MiB of default blocks): the kernel would otherwise hold a
+/// large file's pages until the final sync, and write them all then.
+const SYNC_BEHIND_BLOCKS: u64 = 16;
 /// Fragments up to this size are sent with the commit instead of staged
 /// first, saving a round trip per supplier for small files.
 const INLINE_FRAGMENT_MAX: u64 = 64 << 10;
@@ -542,6 +542,7 @@ impl Session {
         // Written blocks are synced behind the writes, so that the final
         // sync finds little left to write.
         let mut unsynced = 0u64;
+        let mut written = 0u64;
         let mut syncing: Option<tokio::task::JoinHandle<Result<(), TransferError>>> = None;
         let scheme = version.manifest.scheme;
         let positions = scheme.positions();
@@ -643,16 +644,28 @@ impl Session {
             }
             progress(size);
             next_write += 1;
-            unsynced += size;
-            if unsynced >= SYNC_BEHIND_BYTES && syncing.as_ref().is_none_or(|s| s.is_finished()) {
+            unsynced += 1;
+            written += size;
+            if unsynced >= SYNC_BEHIND_BLOCKS && syncing.as_ref().is_none_or(|s| s.is_finished()) {
                 if let Some(done) = syncing.take() {
                     flatten(done.await)?;
                 }
                 std::io::Write::flush(&mut file).map_err(io_err(tmp))?;
                 let handle = file.get_ref().try_clone().map_err(io_err(tmp))?;
                 let path = tmp.to_owned();
+                let synced = written;
                 syncing = Some(tokio::task::spawn_blocking(move || {
-                    handle.sync_data().map_err(io_err(&path))
+                    handle.sync_data().map_err(io_err(&path))?;
+                    // Clean now: let the kernel reuse those pages rather
+                    // than fill memory (and evict others) with the file.
+                    // Only advice, so a refusal changes nothing.
+                    let _ = rustix::fs::fadvise(
+                        &handle,
+                        0,
+                        std::num::NonZeroU64::new(synced),
+                        rustix::fs::Advice::DontNeed,
+                    );
+                    Ok(())
                 }));
                 unsynced = 0;
             }

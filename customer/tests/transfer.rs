@@ -175,6 +175,16 @@ async fn files_of_every_shape_round_trip_under_several_schemes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_many_blocks_is_written_whole_while_synced_behind() {
+    // Downloads sync and drop what they wrote every 16 blocks; a file of
+    // 40 blocks goes through that twice, and must still come back whole.
+    let net = Net::start(4, "2+2", SMALL_BLOCK).await;
+    let data = random(40 * SMALL_BLOCK + 4321);
+    net.put("long.bin", &data).await;
+    assert_eq!(net.get("long.bin", None).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_sized_blocks_round_trip() {
     let net = Net::start(6, "4+2", customer::pipeline::DEFAULT_BLOCK_SIZE).await;
     let block = customer::pipeline::DEFAULT_BLOCK_SIZE;
