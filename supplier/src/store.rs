@@ -913,6 +913,16 @@ impl Store {
         }))
     }
 
+    /// The encoded signed manifest of a committed version, if any.
+    pub fn committed_manifest(
+        &self,
+        location: &[u8],
+        object_id: &[u8; 32],
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Cf::Manifests, &keys::manifest(location, object_id, version))
+    }
+
     /// Makes a version visible: checks every staged fragment against the
     /// manifest, marks them committed, stores the manifest, and drops the
     /// oldest versions beyond `keep_versions`, in one batch.

@@ -873,6 +873,29 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
     .await
     .unwrap();
     assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 7);
+    // Another manifest for that version is refused as such, whatever it
+    // carries, and charges nothing.
+    let status = commit_carrying(
+        &mut client,
+        &alice,
+        &master,
+        signed(2, &[b"ZERO", b"one"]),
+        vec![(0, b"ZERO".to_vec())],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("already committed"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 7);
 
     // Carried fragments count against the quota like uploaded ones.
     let large = vec![3u8; 6000];

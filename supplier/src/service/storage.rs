@@ -748,6 +748,16 @@ impl StorageService {
         fragments: Vec<InlineFragment>,
     ) -> Result<Vec<Carried>, Error> {
         let total: u64 = fragments.iter().map(|f| f.data.len() as u64).sum();
+        if let Some(large) = fragments
+            .iter()
+            .find(|f| f.data.len() as u64 > self.limits.max_fragment_bytes)
+        {
+            return Err(Error::Exhausted(format!(
+                "fragment of {} bytes is larger than the {} allowed",
+                large.data.len(),
+                self.limits.max_fragment_bytes
+            )));
+        }
         if total > MAX_INLINE_BYTES {
             return Err(bad(format!(
                 "a commit carries {total} bytes of fragments, more than the {MAX_INLINE_BYTES} \
@@ -852,6 +862,18 @@ impl StorageService {
         };
         let (owner, capacity) = (location.owner, self.limits.capacity);
         self.run(move |store| {
+            // A version committed already: a retry needs nothing staged, and
+            // another manifest is refused as such, before anything is
+            // charged.
+            if let Some(existing) =
+                store.committed_manifest(&commit.location, &commit.object_id, commit.version)?
+            {
+                return Ok(if existing == commit.manifest {
+                    Ok(Default::default())
+                } else {
+                    Err(CommitRefusal::VersionExists(commit.version))
+                });
+            }
             for carried in &inline {
                 store.stage(
                     &owner,
