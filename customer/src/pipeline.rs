@@ -27,7 +27,7 @@
 //!   `Manifest.wrapped_file_key` is `nonce (12 random bytes) ||
 //!   AES-256-GCM(wrapping secret, file key)` with AAD `"silt-file-key-v1",
 //!   owner, alias, object id, version (u64 BE), epoch (u64 BE)`: 60 bytes.
-//!   Manifests written before 0.1 wrapped it with RSA-OAEP-SHA256 under the
+//!   Earlier builds of 0.1 wrapped it with RSA-OAEP-SHA256 under the
 //!   location's public key (as long as the modulus); those still unwrap
 //!   with the private key. See `docs/design/data-path.md` for why.
 //! - **Nonces.** Block `i`: `00 00 00 00 || i` (u64 big-endian). Metadata:

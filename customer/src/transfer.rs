@@ -650,7 +650,8 @@ impl Session {
                 if let Some(done) = syncing.take() {
                     flatten(done.await)?;
                 }
-                std::io::Write::flush(&mut file).map_err(io_err(tmp))?;
+                tokio::task::block_in_place(|| std::io::Write::flush(&mut file))
+                    .map_err(io_err(tmp))?;
                 let handle = file.get_ref().try_clone().map_err(io_err(tmp))?;
                 let path = tmp.to_owned();
                 let synced = written;

@@ -433,7 +433,8 @@ mod tests {
         let mut elsewhere = version.clone();
         elsewhere.object_id = ObjectId([9; 32]);
         assert!(!unwraps(&SECRETS, &elsewhere, 3));
-        // A damaged or truncated wrap is refused, not mistaken for RSA.
+        // A damaged wrap is refused; a truncated one goes to RSA, which
+        // refuses it for its length.
         let mut damaged = wrapped.clone();
         damaged[20] ^= 1;
         assert!(matches!(
