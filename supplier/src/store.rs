@@ -366,6 +366,17 @@ pub struct Commit {
     pub keep_versions: usize,
 }
 
+/// A fragment that came with its commit, checked against the manifest.
+#[derive(Debug)]
+pub struct Carried {
+    /// Its key ([`keys::fragment`]).
+    pub key: Vec<u8>,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The payload's SHA-256.
+    pub sha256: [u8; 32],
+}
+
 /// Why a commit was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -829,6 +840,19 @@ impl Store {
         capacity: u64,
     ) -> Result<(), StoreError> {
         let mut ledger = self.lock();
+        self.stage_locked(&mut ledger, owner, key, payload, sha256, capacity)
+    }
+
+    /// [`Store::stage`] with the write lock held.
+    fn stage_locked(
+        &self,
+        ledger: &mut Ledger,
+        owner: &NodeId,
+        key: &[u8],
+        payload: &[u8],
+        sha256: [u8; 32],
+        capacity: u64,
+    ) -> Result<(), StoreError> {
         let mut contract = self.contract(owner)?.ok_or(StoreError::NoContract)?;
         let previous: Option<FragmentMeta> = self.get_message(Cf::FragmentMeta, key)?;
         if let Some(previous) = &previous
@@ -881,7 +905,7 @@ impl Store {
         }
         ledger.used_bytes = (ledger.used_bytes + size).saturating_sub(freed);
         if ledger.unlogged.len() > MAX_UNLOGGED {
-            self.flush_unlogged(&mut ledger)?;
+            self.flush_unlogged(ledger)?;
         }
         Ok(())
     }
@@ -913,20 +937,23 @@ impl Store {
         }))
     }
 
-    /// The encoded signed manifest of a committed version, if any.
-    pub fn committed_manifest(
-        &self,
-        location: &[u8],
-        object_id: &[u8; 32],
-        version: u64,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(Cf::Manifests, &keys::manifest(location, object_id, version))
-    }
-
     /// Makes a version visible: checks every staged fragment against the
     /// manifest, marks them committed, stores the manifest, and drops the
     /// oldest versions beyond `keep_versions`, in one batch.
     pub fn commit(&self, commit: &Commit) -> Result<Result<Removed, CommitRefusal>, StoreError> {
+        self.commit_carrying(commit, &[], 0)
+    }
+
+    /// [`Store::commit`] of a version whose `carried` fragments came with
+    /// the commit: unless the version is committed already, they are staged
+    /// first (charged as [`Store::stage`] does, each in its own batch),
+    /// under the same lock.
+    pub fn commit_carrying(
+        &self,
+        commit: &Commit,
+        carried: &[Carried],
+        capacity: u64,
+    ) -> Result<Result<Removed, CommitRefusal>, StoreError> {
         let mut ledger = self.lock();
         let manifest_key = keys::manifest(&commit.location, &commit.object_id, commit.version);
         if let Some(existing) = self.get(Cf::Manifests, &manifest_key)? {
@@ -935,6 +962,16 @@ impl Store {
             } else {
                 Err(CommitRefusal::VersionExists(commit.version))
             });
+        }
+        for fragment in carried {
+            self.stage_locked(
+                &mut ledger,
+                &commit.owner,
+                &fragment.key,
+                &fragment.payload,
+                fragment.sha256,
+                capacity,
+            )?;
         }
         let mut batch = WriteBatch::default();
         let mut newly_committed = std::collections::BTreeSet::new();

@@ -41,18 +41,10 @@ use tracing::{debug, info, warn};
 
 use crate::grant::{GrantError, Grants};
 use crate::metrics::Metrics;
-use crate::store::{Commit, CommitRefusal, Contract, KeyRecord, Store, StoreError, keys};
+use crate::store::{Carried, Commit, CommitRefusal, Contract, KeyRecord, Store, StoreError, keys};
 
 /// Most fragment bytes one commit may carry (`CommitManifestRequest.fragments`).
 pub const MAX_INLINE_BYTES: u64 = 1 << 20;
-
-/// A fragment a commit carries, checked against the manifest.
-struct Carried {
-    /// Its store key.
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    sha256: [u8; 32],
-}
 
 /// Bounds and durations of the storage service.
 #[derive(Debug, Clone)]
@@ -860,33 +852,10 @@ impl StorageService {
             fragments,
             keep_versions: self.limits.keep_versions,
         };
-        let (owner, capacity) = (location.owner, self.limits.capacity);
-        self.run(move |store| {
-            // A version committed already: a retry needs nothing staged, and
-            // another manifest is refused as such, before anything is
-            // charged.
-            if let Some(existing) =
-                store.committed_manifest(&commit.location, &commit.object_id, commit.version)?
-            {
-                return Ok(if existing == commit.manifest {
-                    Ok(Default::default())
-                } else {
-                    Err(CommitRefusal::VersionExists(commit.version))
-                });
-            }
-            for carried in &inline {
-                store.stage(
-                    &owner,
-                    &carried.key,
-                    &carried.payload,
-                    carried.sha256,
-                    capacity,
-                )?;
-            }
-            store.commit(&commit)
-        })
-        .await?
-        .map_err(|refusal: CommitRefusal| Error::Precondition(refusal.to_string()))?;
+        let capacity = self.limits.capacity;
+        self.run(move |store| store.commit_carrying(&commit, &inline, capacity))
+            .await?
+            .map_err(|refusal: CommitRefusal| Error::Precondition(refusal.to_string()))?;
         debug!(location = %location.key_id, object = ?manifest.object_id, version = manifest.version, "committed");
         self.publish(
             &location,
