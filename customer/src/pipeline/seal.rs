@@ -60,11 +60,6 @@ impl LocationSecrets {
     pub fn object_id(&self, path: &NormalPath) -> ObjectId {
         self.object_ids.object_id(path)
     }
-
-    /// The object-ID secret.
-    pub fn object_ids(&self) -> &ObjectIdKey {
-        &self.object_ids
-    }
 }
 
 impl fmt::Debug for LocationSecrets {
