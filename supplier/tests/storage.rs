@@ -791,47 +791,24 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
 
     // Fragments that do not match the manifest, that it does not list, or
     // that come twice are refused, and nothing is committed or charged.
-    let status = commit_carrying(
-        &mut client,
-        &alice,
-        &master,
-        signed(1, &[b"zero"]),
-        vec![(0, b"ZERO".to_vec())],
-    )
-    .await
-    .unwrap_err();
-    refused(status, "does not match the manifest");
-    let status = commit_carrying(
-        &mut client,
-        &alice,
-        &master,
-        signed(1, &[b"zero"]),
-        vec![(1, b"zero".to_vec())],
-    )
-    .await
-    .unwrap_err();
-    refused(status, "block 1");
-    let status = commit_carrying(
-        &mut client,
-        &alice,
-        &master,
-        signed(1, &[b"zero"]),
-        vec![(0, b"zero".to_vec()), (0, b"zero".to_vec())],
-    )
-    .await
-    .unwrap_err();
-    refused(status, "twice");
+    let zero: &[u8] = b"zero";
     let big = vec![7u8; (supplier::service::storage::MAX_INLINE_BYTES + 1) as usize];
-    let status = commit_carrying(
-        &mut client,
-        &alice,
-        &master,
-        signed(1, &[&big]),
-        vec![(0, big.clone())],
-    )
-    .await
-    .unwrap_err();
-    refused(status, "PutFragment");
+    let cases = [
+        (
+            zero,
+            vec![(0, b"ZERO".to_vec())],
+            "does not match the manifest",
+        ),
+        (zero, vec![(1, zero.to_vec())], "block 1"),
+        (zero, vec![(0, zero.to_vec()), (0, zero.to_vec())], "twice"),
+        (big.as_slice(), vec![(0, big.clone())], "PutFragment"),
+    ];
+    for (block, carried, words) in cases {
+        let status = commit_carrying(&mut client, &alice, &master, signed(1, &[block]), carried)
+            .await
+            .unwrap_err();
+        refused(status, words);
+    }
     assert_eq!(list(&mut client, &master).await.unwrap(), 0);
     assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 0);
 
