@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use common::id::UserId;
 use common::manifest::{Manifest, ObjectId, SignedManifest};
+use prost::bytes::Bytes;
 use proto::common::v1::Location;
 use proto::storage::v1::{
     CommitManifestRequest, DeleteRequest, FragmentHeader, FragmentRef, GetFragmentRequest,
@@ -363,7 +364,7 @@ impl Session {
                 for (slot, data) in inline.iter_mut().zip(block.fragments) {
                     slot.push(InlineFragment {
                         block: block.index,
-                        data,
+                        data: data.into(),
                     });
                 }
                 continue;
@@ -852,16 +853,14 @@ async fn upload_block(
                     sha256: sha256.to_vec(),
                 })),
             });
-            if fragment.len() <= CHUNK {
-                // One chunk: send the fragment itself, no copy.
-                messages.push(PutFragmentRequest {
-                    part: Some(put_fragment_request::Part::Chunk(fragment)),
-                });
-            } else {
-                messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
-                    part: Some(put_fragment_request::Part::Chunk(chunk.to_vec())),
-                }));
-            }
+            // Chunks are views of the fragment, not copies.
+            let fragment = Bytes::from(fragment);
+            messages.extend((0..fragment.len()).step_by(CHUNK).map(|at| {
+                let end = fragment.len().min(at + CHUNK);
+                PutFragmentRequest {
+                    part: Some(put_fragment_request::Part::Chunk(fragment.slice(at..end))),
+                }
+            }));
             let mut request = tonic::Request::new(tokio_stream::iter(messages));
             request.set_timeout(CALL_TIMEOUT * 4);
             client.put_fragment(request).await.map_err(|s| {
@@ -954,8 +953,6 @@ async fn fetch_fragment(
             Some(get_fragment_response::Part::Header(header)) => {
                 expected = usize::try_from(header.size).unwrap_or(0).min(64 << 20);
             }
-            // Fragments of default blocks come as one chunk: keep it, no copy.
-            Some(get_fragment_response::Part::Chunk(chunk)) if data.is_empty() => data = chunk,
             Some(get_fragment_response::Part::Chunk(chunk)) => {
                 data.reserve(expected.saturating_sub(data.len()));
                 data.extend_from_slice(&chunk);

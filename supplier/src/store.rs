@@ -372,7 +372,7 @@ pub struct Carried {
     /// Its key ([`keys::fragment`]).
     pub key: Vec<u8>,
     /// The payload.
-    pub payload: Vec<u8>,
+    pub payload: prost::bytes::Bytes,
     /// The payload's SHA-256.
     pub sha256: [u8; 32],
 }

@@ -186,7 +186,7 @@ async fn put_raw(
         })),
     }];
     messages.extend(data.chunks(100_000).map(|chunk| PutFragmentRequest {
-        part: Some(put_fragment_request::Part::Chunk(chunk.to_vec())),
+        part: Some(put_fragment_request::Part::Chunk(chunk.to_vec().into())),
     }));
     client
         .put_fragment(tokio_stream::iter(messages))
@@ -270,7 +270,10 @@ async fn commit_carrying(
             location: Some(location.clone()),
             fragments: fragments
                 .into_iter()
-                .map(|(block, data)| InlineFragment { block, data })
+                .map(|(block, data)| InlineFragment {
+                    block,
+                    data: data.into(),
+                })
                 .collect(),
         })
         .await
@@ -963,7 +966,7 @@ async fn malformed_requests_get_invalid_argument() {
     let code = |r: Result<(), tonic::Status>| r.unwrap_err().code();
     // A chunk before the header.
     let chunk_first = vec![PutFragmentRequest {
-        part: Some(put_fragment_request::Part::Chunk(vec![1, 2, 3])),
+        part: Some(put_fragment_request::Part::Chunk(vec![1, 2, 3].into())),
     }];
     assert_eq!(
         code(

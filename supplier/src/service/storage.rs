@@ -20,6 +20,7 @@ use common::identity::SignedIdentity;
 use common::manifest::{Manifest, ObjectId, SignedManifest};
 use net::PeerInfo;
 use prost::Message;
+use prost::bytes::Bytes;
 use proto::common::v1::Location;
 use proto::storage::v1::storage_server::Storage;
 use proto::storage::v1::{
@@ -646,7 +647,10 @@ impl StorageService {
             .into());
         }
         let capacity = usize::try_from(size).map_err(|_| bad("fragment too large"))?;
-        let mut payload = Vec::new();
+        // Chunks are views of the receive buffer; a fragment of one chunk
+        // (the usual case) is stored from it without a copy.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut received = 0;
         let mut hasher = Sha256::new();
         while let Some(message) = stream
             .message()
@@ -656,23 +660,23 @@ impl StorageService {
             let Some(put_fragment_request::Part::Chunk(chunk)) = message.part else {
                 return Err(bad("only chunks may follow the header"));
             };
-            if payload.len() + chunk.len() > capacity {
+            received += chunk.len();
+            if received > capacity {
                 return Err(bad("more bytes than the header declared"));
             }
             hasher.update(&chunk);
-            if payload.is_empty() {
-                // The usual case is one chunk per fragment: keep it, no copy.
-                payload = chunk;
-            } else {
-                payload.extend_from_slice(&chunk);
-            }
+            chunks.push(chunk);
         }
-        if payload.len() != capacity {
+        if received != capacity {
             return Err(bad(format!(
-                "got {} bytes, the header declared {size}",
-                payload.len()
+                "got {received} bytes, the header declared {size}"
             )));
         }
+        let payload = if chunks.len() == 1 {
+            chunks.swap_remove(0)
+        } else {
+            Bytes::from(chunks.concat())
+        };
         let actual: [u8; 32] = hasher.finalize().into();
         if actual != expected {
             return Err(bad("fragment does not match its declared hash"));
@@ -715,17 +719,13 @@ impl StorageService {
         let chunk = |bytes| GetFragmentResponse {
             part: Some(get_fragment_response::Part::Chunk(bytes)),
         };
-        if fragment.payload.len() <= READ_CHUNK {
-            // The usual case: the whole fragment in one message, no copy.
-            parts.push(chunk(fragment.payload));
-        } else {
-            parts.extend(
-                fragment
-                    .payload
-                    .chunks(READ_CHUNK)
-                    .map(|c| chunk(c.to_vec())),
-            );
-        }
+        // Chunks are views of the payload read from the store, not copies.
+        let payload = Bytes::from(fragment.payload);
+        parts.extend(
+            (0..payload.len())
+                .step_by(READ_CHUNK)
+                .map(|at| chunk(payload.slice(at..payload.len().min(at + READ_CHUNK)))),
+        );
         Ok(parts)
     }
 
