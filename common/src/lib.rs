@@ -15,6 +15,7 @@
 pub mod atomic_file;
 pub mod audit;
 pub mod crypto;
+pub mod digest;
 pub mod envelope;
 pub mod id;
 pub mod identity;

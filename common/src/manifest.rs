@@ -9,6 +9,7 @@
 use prost::Message;
 
 use crate::crypto::{CryptoError, PrivateKey, PublicKey, Purpose};
+use crate::digest::{DIGEST_LEN, FragmentHash};
 use crate::id::{IdError, KeyId, UserId};
 
 /// Largest encoded manifest body accepted.
@@ -110,8 +111,9 @@ impl std::fmt::Display for Scheme {
 /// The fragments of one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockFragments {
-    /// SHA-256 of the fragment at each position, in position order.
-    pub sha256: Vec<[u8; 32]>,
+    /// Digest of the fragment at each position, in position order, with the
+    /// manifest's [`Manifest::fragment_hash`].
+    pub digests: Vec<[u8; DIGEST_LEN]>,
     /// Size of each fragment.
     pub fragment_size: u64,
 }
@@ -135,7 +137,9 @@ pub struct Manifest {
     pub wrapped_file_key: Vec<u8>,
     /// AES-256-GCM sealed file metadata (path, size, mtime, block size).
     pub sealed_metadata: Vec<u8>,
-    /// Fragment hashes, one entry per block.
+    /// How the fragment digests in `blocks` are computed.
+    pub fragment_hash: FragmentHash,
+    /// Fragment digests, one entry per block.
     pub blocks: Vec<BlockFragments>,
     /// Seconds since the Unix epoch.
     pub created_unix: i64,
@@ -163,11 +167,12 @@ impl Manifest {
                 .blocks
                 .iter()
                 .map(|b| proto::storage::v1::BlockFragments {
-                    sha256: b.sha256.iter().map(|h| h.to_vec()).collect(),
+                    digests: b.digests.iter().map(|h| h.to_vec()).collect(),
                     fragment_size: b.fragment_size,
                 })
                 .collect(),
             created_unix: self.created_unix,
+            fragment_hash: self.fragment_hash.to_wire(),
         }
     }
 
@@ -183,7 +188,7 @@ impl Manifest {
             return Err(ManifestError::Invalid("sealed metadata is too large"));
         }
         let positions = self.scheme.positions() as usize;
-        if self.blocks.iter().any(|b| b.sha256.len() != positions) {
+        if self.blocks.iter().any(|b| b.digests.len() != positions) {
             return Err(ManifestError::Invalid(
                 "a block does not list one hash per position",
             ));
@@ -204,15 +209,15 @@ impl TryFrom<proto::storage::v1::Manifest> for Manifest {
             .ok_or(ManifestError::Invalid("missing scheme"))?;
         let mut blocks = Vec::with_capacity(wire.blocks.len());
         for block in wire.blocks {
-            let mut sha256 = Vec::with_capacity(block.sha256.len());
-            for hash in block.sha256 {
-                sha256.push(
-                    <[u8; 32]>::try_from(hash.as_slice())
-                        .map_err(|_| ManifestError::Invalid("fragment hash must be 32 bytes"))?,
+            let mut digests = Vec::with_capacity(block.digests.len());
+            for digest in block.digests {
+                digests.push(
+                    <[u8; DIGEST_LEN]>::try_from(digest.as_slice())
+                        .map_err(|_| ManifestError::Invalid("fragment digest must be 32 bytes"))?,
                 );
             }
             blocks.push(BlockFragments {
-                sha256,
+                digests,
                 fragment_size: block.fragment_size,
             });
         }
@@ -228,6 +233,8 @@ impl TryFrom<proto::storage::v1::Manifest> for Manifest {
             },
             wrapped_file_key: wire.wrapped_file_key,
             sealed_metadata: wire.sealed_metadata,
+            fragment_hash: FragmentHash::from_wire(wire.fragment_hash)
+                .map_err(|_| ManifestError::Invalid("unknown fragment hash algorithm"))?,
             blocks,
             created_unix: wire.created_unix,
         };
@@ -346,8 +353,9 @@ mod tests {
             scheme: Scheme { data: 2, parity: 1 },
             wrapped_file_key: vec![1; 256],
             sealed_metadata: vec![2; 80],
+            fragment_hash: FragmentHash::Blake3,
             blocks: vec![BlockFragments {
-                sha256: vec![[4; 32], [5; 32], [6; 32]],
+                digests: vec![[4; 32], [5; 32], [6; 32]],
                 fragment_size: 10,
             }],
             created_unix: 5,
@@ -396,9 +404,30 @@ mod tests {
     }
 
     #[test]
+    fn the_fragment_hash_is_signed_and_unknown_ones_are_refused() {
+        let mut old = manifest();
+        old.fragment_hash = FragmentHash::Sha256;
+        // Manifests from before the field read as SHA-256: zero on the wire.
+        assert_eq!(old.to_proto().fragment_hash, 0);
+        let signed = SignedManifest::sign(&old, &SHARE, &WRITER).unwrap();
+        assert_eq!(
+            signed
+                .verify(SHARE.public_key(), WRITER.public_key())
+                .unwrap(),
+            old
+        );
+        let mut wire = manifest().to_proto();
+        wire.fragment_hash = 9;
+        assert!(matches!(
+            Manifest::try_from(wire),
+            Err(ManifestError::Invalid("unknown fragment hash algorithm"))
+        ));
+    }
+
+    #[test]
     fn inconsistent_manifests_are_refused() {
         let mut bad = manifest();
-        bad.blocks[0].sha256.pop();
+        bad.blocks[0].digests.pop();
         assert!(SignedManifest::sign(&bad, &SHARE, &WRITER).is_err());
         let mut bad = manifest();
         bad.scheme = Scheme { data: 0, parity: 2 };

@@ -22,7 +22,8 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::crypto::{PrivateKey, sha256};
+use common::crypto::PrivateKey;
+use common::digest::FragmentHash;
 use common::manifest::Scheme;
 use customer::pipeline::{
     DEFAULT_BLOCK_SIZE, Decoder, EncodeParams, Encoder, ErasureCoder, FileKey, LocationSecrets,
@@ -70,13 +71,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         Ok(())
     })?;
     report("stage: seal (AES-256-GCM)", rounds * block.len(), seal);
-    let hash = time(|| {
-        for _ in 0..rounds {
-            black_box(sha256(black_box(block)));
-        }
-        Ok(())
-    })?;
-    report("stage: hash (SHA-256)", rounds * block.len(), hash);
+    for algorithm in [FragmentHash::Sha256, FragmentHash::Blake3] {
+        let hash = time(|| {
+            for _ in 0..rounds {
+                black_box(algorithm.digest(black_box(block)));
+            }
+            Ok(())
+        })?;
+        report(
+            &format!("stage: hash ({algorithm})"),
+            rounds * block.len(),
+            hash,
+        );
+    }
     let mut coder = ErasureCoder::new(scheme)?;
     let code = time(|| {
         for i in 0..rounds {

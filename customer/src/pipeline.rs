@@ -46,7 +46,9 @@
 //!   (positions `k..k+m`) are the recovery shards of `reed-solomon-simd` 3
 //!   (Leopard-RS over GF(2^16)) for `k` originals and `m` recoveries; with
 //!   `m = 0` there are none. The manifest records `s` as `fragment_size` and
-//!   each fragment's SHA-256. The padding needs no record of its own: the
+//!   each fragment's digest: BLAKE3 (32 bytes) for new versions, named by
+//!   `Manifest.fragment_hash`; versions from before it name SHA-256, and
+//!   decoding uses whichever the signed manifest names. The padding needs no record of its own: the
 //!   sealed length follows from the size and block size in the metadata, and
 //!   the decoder checks that `fragment_size` agrees with it.
 
@@ -62,7 +64,7 @@ use std::io;
 use common::crypto::CryptoError;
 use common::manifest::{MAX_MANIFEST_BYTES, Scheme};
 
-pub use erasure::{EncodedBlock, ErasureCoder, fragment_size};
+pub use erasure::{EncodedBlock, ErasureCoder, FRAGMENT_HASH, fragment_size};
 pub use metadata::FileMetadata;
 pub use object::{MAX_PATH_BYTES, NormalPath, ObjectIdKey};
 pub use scheme::{default_scheme, parse_scheme};

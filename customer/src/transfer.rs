@@ -835,12 +835,13 @@ async fn upload_block(
             block: block.index,
             position: position as u32,
         };
-        let sha256 = block
+        let digest = block
             .hashes
-            .sha256
+            .digests
             .get(position)
             .copied()
             .unwrap_or_default();
+        let hash = block.hash.to_wire();
         let addrs = addrs.clone();
         sends.spawn(async move {
             let mut client = client;
@@ -850,7 +851,8 @@ async fn upload_block(
                 part: Some(put_fragment_request::Part::Header(FragmentHeader {
                     fragment: Some(reference),
                     size,
-                    sha256: sha256.to_vec(),
+                    digest: digest.to_vec(),
+                    hash,
                 })),
             });
             // Chunks are views of the fragment, not copies.

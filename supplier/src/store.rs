@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use common::digest::{FragmentDigest, FragmentHash};
 use common::id::NodeId;
 use prost::Message;
 use rocksdb::{
@@ -193,9 +194,37 @@ pub struct FragmentMeta {
     /// Payload size.
     #[prost(uint64, tag = "3")]
     pub size: u64,
-    /// SHA-256 of the payload.
+    /// Digest of the payload, with `hash`.
     #[prost(bytes = "vec", tag = "4")]
-    pub sha256: Vec<u8>,
+    pub digest: Vec<u8>,
+    /// The digest's algorithm (`silt.storage.v1.FragmentHash`); records
+    /// from before BLAKE3 lack it and read as SHA-256.
+    #[prost(int32, tag = "5")]
+    pub hash: i32,
+}
+
+impl FragmentMeta {
+    fn new(committed: bool, size: u64, digest: FragmentDigest) -> Self {
+        Self {
+            committed,
+            staged_unix: common::unix_now(),
+            size,
+            digest: digest.value.to_vec(),
+            hash: digest.hash.to_wire(),
+        }
+    }
+
+    /// The recorded digest; a record that names no known algorithm or
+    /// holds a digest of the wrong length is damaged.
+    pub fn digest(&self) -> Result<FragmentDigest, StoreError> {
+        Ok(FragmentDigest {
+            hash: FragmentHash::from_wire(self.hash)
+                .map_err(|e| StoreError::Damaged(format!("fragment record: {e}")))?,
+            value: self.digest.as_slice().try_into().map_err(|_| {
+                StoreError::Damaged("fragment record: digest is not 32 bytes".into())
+            })?,
+        })
+    }
 }
 
 /// Whether files in `dir` can be opened with `O_DIRECT`. Some file systems
@@ -343,8 +372,8 @@ pub struct MailboxEntry {
 pub struct StoredFragment {
     /// The payload.
     pub payload: Vec<u8>,
-    /// Its SHA-256, checked on this read.
-    pub sha256: Vec<u8>,
+    /// Its digest, checked on this read.
+    pub digest: FragmentDigest,
 }
 
 /// A commit the store should make atomically.
@@ -360,8 +389,8 @@ pub struct Commit {
     pub version: u64,
     /// The signed manifest, encoded.
     pub manifest: Vec<u8>,
-    /// Expected SHA-256 of this position's fragment of each block.
-    pub fragments: Vec<(u64, u32, [u8; 32])>,
+    /// Expected digest of this position's fragment of each block.
+    pub fragments: Vec<(u64, u32, FragmentDigest)>,
     /// How many versions to keep.
     pub keep_versions: usize,
 }
@@ -373,8 +402,8 @@ pub struct Carried {
     pub key: Vec<u8>,
     /// The payload.
     pub payload: prost::bytes::Bytes,
-    /// The payload's SHA-256.
-    pub sha256: [u8; 32],
+    /// The payload's digest.
+    pub digest: FragmentDigest,
 }
 
 /// Why a commit was refused.
@@ -836,11 +865,11 @@ impl Store {
         owner: &NodeId,
         key: &[u8],
         payload: &[u8],
-        sha256: [u8; 32],
+        digest: FragmentDigest,
         capacity: u64,
     ) -> Result<(), StoreError> {
         let mut ledger = self.lock();
-        self.stage_locked(&mut ledger, owner, key, payload, sha256, capacity)
+        self.stage_locked(&mut ledger, owner, key, payload, digest, capacity)
     }
 
     /// [`Store::stage`] with the write lock held.
@@ -850,7 +879,7 @@ impl Store {
         owner: &NodeId,
         key: &[u8],
         payload: &[u8],
-        sha256: [u8; 32],
+        digest: FragmentDigest,
         capacity: u64,
     ) -> Result<(), StoreError> {
         let mut contract = self.contract(owner)?.ok_or(StoreError::NoContract)?;
@@ -858,7 +887,7 @@ impl Store {
         if let Some(previous) = &previous
             && previous.committed
         {
-            return if previous.sha256 == sha256 {
+            return if previous.digest()? == digest {
                 Ok(())
             } else {
                 Err(StoreError::Damaged(
@@ -883,12 +912,7 @@ impl Store {
             });
         }
         contract.used_bytes = (contract.used_bytes + size).saturating_sub(freed);
-        let meta = FragmentMeta {
-            committed: false,
-            staged_unix: common::unix_now(),
-            size,
-            sha256: sha256.to_vec(),
-        };
+        let meta = FragmentMeta::new(false, size, digest);
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
@@ -926,15 +950,13 @@ impl Store {
         let payload = self
             .get(Cf::Fragments, key)?
             .ok_or_else(|| StoreError::Damaged("fragment payload is missing".into()))?;
-        if common::crypto::sha256(&payload).as_slice() != meta.sha256.as_slice() {
+        let digest = meta.digest()?;
+        if !digest.matches(&payload) {
             return Err(StoreError::Damaged(
-                "fragment payload does not match its hash".into(),
+                "fragment payload does not match its digest".into(),
             ));
         }
-        Ok(Some(StoredFragment {
-            payload,
-            sha256: meta.sha256,
-        }))
+        Ok(Some(StoredFragment { payload, digest }))
     }
 
     /// Makes a version visible: checks every staged fragment against the
@@ -969,14 +991,14 @@ impl Store {
                 &commit.owner,
                 &fragment.key,
                 &fragment.payload,
-                fragment.sha256,
+                fragment.digest,
                 capacity,
             )?;
         }
         let mut batch = WriteBatch::default();
         let mut newly_committed = std::collections::BTreeSet::new();
         let mut unlogged = Vec::new();
-        for &(block, position, sha256) in &commit.fragments {
+        for &(block, position, digest) in &commit.fragments {
             let key = keys::fragment(
                 &commit.location,
                 &commit.object_id,
@@ -987,7 +1009,7 @@ impl Store {
             let Some(mut meta) = self.fragment_meta(&key)? else {
                 return Ok(Err(CommitRefusal::Missing { block, position }));
             };
-            if meta.sha256 != sha256 {
+            if meta.digest()? != digest {
                 return Ok(Err(CommitRefusal::HashMismatch { block, position }));
             }
             if let Some(&size) = ledger.unlogged.get(&key) {
@@ -1233,7 +1255,9 @@ impl Store {
         let mut meta = self
             .fragment_meta(key)?
             .ok_or_else(|| StoreError::Damaged("no such fragment".into()))?;
-        meta.sha256 = common::crypto::sha256(payload).to_vec();
+        meta.digest = FragmentDigest::of(meta.digest()?.hash, payload)
+            .value
+            .to_vec();
         meta.size = payload.len() as u64;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
@@ -1348,8 +1372,8 @@ mod tests {
         NodeId::from_array([n; 32])
     }
 
-    fn hash(data: &[u8]) -> [u8; 32] {
-        common::crypto::sha256(data)
+    fn hash(data: &[u8]) -> FragmentDigest {
+        FragmentDigest::of(FragmentHash::Blake3, data)
     }
 
     #[test]
@@ -1421,7 +1445,7 @@ mod tests {
                 position: 0
             })
         );
-        commit.fragments.push((2, 0, [0; 32]));
+        commit.fragments.push((2, 0, hash(&[])));
         commit.fragments[1].2 = hash(&[2; 300]);
         assert_eq!(
             store.commit(&commit).unwrap(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::audit;
 use common::crypto::{PrivateKey, Purpose};
+use common::digest::FragmentHash;
 use common::envelope::Envelope;
 use common::id::{KeyId, UserId};
 use common::identity::{IdentityDocument, SignedIdentity};
@@ -156,33 +157,48 @@ fn fragment_ref(location: &Location, object: u8, version: u64, block: u64) -> Fr
     }
 }
 
+/// The digests new versions use.
+const NEW: FragmentHash = FragmentHash::Blake3;
+
 async fn put(
     client: &mut StorageClient<Channel>,
     reference: FragmentRef,
     data: &[u8],
 ) -> Result<(), tonic::Status> {
+    put_with(client, reference, NEW, data).await
+}
+
+async fn put_with(
+    client: &mut StorageClient<Channel>,
+    reference: FragmentRef,
+    hash: FragmentHash,
+    data: &[u8],
+) -> Result<(), tonic::Status> {
+    let digest = hash.digest(data).to_vec();
     put_raw(
         client,
         reference,
         data.len() as u64,
-        common::crypto::sha256(data).to_vec(),
+        (digest, hash.to_wire()),
         data,
     )
     .await
 }
 
+/// Uploads `data` under a header declaring `size` and `(digest, hash)`.
 async fn put_raw(
     client: &mut StorageClient<Channel>,
     reference: FragmentRef,
     size: u64,
-    sha256: Vec<u8>,
+    (digest, hash): (Vec<u8>, i32),
     data: &[u8],
 ) -> Result<(), tonic::Status> {
     let mut messages = vec![PutFragmentRequest {
         part: Some(put_fragment_request::Part::Header(FragmentHeader {
             fragment: Some(reference),
             size,
-            sha256,
+            digest,
+            hash,
         })),
     }];
     messages.extend(data.chunks(100_000).map(|chunk| PutFragmentRequest {
@@ -222,6 +238,19 @@ fn manifest(
     version: u64,
     blocks: &[&[u8]],
 ) -> proto::storage::v1::SignedManifest {
+    manifest_with(NEW, location, writer, location_key, object, version, blocks)
+}
+
+/// [`manifest`] with fragment digests of `hash`.
+fn manifest_with(
+    hash: FragmentHash,
+    location: KeyId,
+    writer: &Customer,
+    location_key: &PrivateKey,
+    object: u8,
+    version: u64,
+    blocks: &[&[u8]],
+) -> proto::storage::v1::SignedManifest {
     let manifest = Manifest {
         location,
         object_id: ObjectId([object; 32]),
@@ -234,10 +263,11 @@ fn manifest(
         blocks: blocks
             .iter()
             .map(|b| BlockFragments {
-                sha256: vec![common::crypto::sha256(b)],
+                digests: vec![hash.digest(b)],
                 fragment_size: b.len() as u64,
             })
             .collect(),
+        fragment_hash: hash,
         created_unix: 1,
     };
     SignedManifest::sign(&manifest, location_key, writer.key)
@@ -778,6 +808,70 @@ async fn commits_check_every_staged_hash_and_unclaimed_fragments_are_collected()
 }
 
 #[tokio::test]
+async fn versions_with_sha256_digests_still_commit_and_read_but_never_mix() {
+    // Customers from before BLAKE3 upload SHA-256 digests; such versions
+    // commit and read back as before.
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 10 << 20).await.unwrap();
+    let master = alice.location("master");
+    let old = FragmentHash::Sha256;
+    put_with(
+        &mut client,
+        fragment_ref(&master, 1, 1, 0),
+        old,
+        b"old block",
+    )
+    .await
+    .unwrap();
+    let signed = manifest_with(
+        old,
+        alice.key_id("master"),
+        &alice,
+        alice.key,
+        1,
+        1,
+        &[b"old block"],
+    );
+    commit(&mut client, &alice, &master, signed).await.unwrap();
+    assert_eq!(
+        get(&mut client, fragment_ref(&master, 1, 1, 0))
+            .await
+            .unwrap(),
+        b"old block"
+    );
+
+    // A fragment staged with one algorithm never satisfies a manifest that
+    // names the other, even for the same bytes.
+    put_with(
+        &mut client,
+        fragment_ref(&master, 2, 1, 0),
+        old,
+        b"same bytes",
+    )
+    .await
+    .unwrap();
+    let signed = manifest(
+        alice.key_id("master"),
+        &alice,
+        alice.key,
+        2,
+        1,
+        &[b"same bytes"],
+    );
+    let status = commit(&mut client, &alice, &master, signed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("does not match"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
 async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
     let node = Node::start().await;
     let alice = Customer::new(ALICE, "alice");
@@ -979,7 +1073,7 @@ async fn malformed_requests_get_invalid_argument() {
     );
     // More bytes than declared, fewer, and a wrong hash.
     let data = vec![5u8; 100];
-    let hash = common::crypto::sha256(&data).to_vec();
+    let hash = (NEW.digest(&data).to_vec(), NEW.to_wire());
     assert_eq!(
         code(
             put_raw(
@@ -1012,7 +1106,7 @@ async fn malformed_requests_get_invalid_argument() {
                 &mut client,
                 fragment_ref(&master, 1, 1, 0),
                 100,
-                vec![0; 32],
+                (vec![0; 32], NEW.to_wire()),
                 &data
             )
             .await
@@ -1025,13 +1119,29 @@ async fn malformed_requests_get_invalid_argument() {
                 &mut client,
                 fragment_ref(&master, 1, 1, 0),
                 100,
-                vec![0; 3],
+                (vec![0; 3], NEW.to_wire()),
                 &data
             )
             .await
         ),
         Code::InvalidArgument
     );
+    // An algorithm no one defined, and a SHA-256 digest declared as BLAKE3.
+    for (digest, hash) in [
+        (NEW.digest(&data).to_vec(), 7),
+        (FragmentHash::Sha256.digest(&data).to_vec(), NEW.to_wire()),
+    ] {
+        let status = put_raw(
+            &mut client,
+            fragment_ref(&master, 1, 1, 0),
+            100,
+            (digest, hash),
+            &data,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
     // Oversized.
     assert_eq!(
         code(

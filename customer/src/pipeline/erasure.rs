@@ -1,17 +1,22 @@
 //! Reed-Solomon coding of sealed blocks into fragments, one per supplier
 //! position, with `reed-solomon-simd` doing all Galois field arithmetic.
 //!
-//! Decoding checks each fragment's size and SHA-256 against the manifest
+//! Decoding checks each fragment's size and digest against the manifest
 //! before using it; a fragment that does not match counts as missing.
 
 use std::fmt;
 
-use common::crypto::sha256;
+use common::digest::FragmentHash;
 use common::manifest::{BlockFragments, Scheme};
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use super::PipelineError;
 use super::scheme::checked;
+
+/// How new versions digest their fragments. BLAKE3 runs about four times
+/// as fast as SHA-256 (with SHA-NI) and both sides hash every fragment;
+/// see `docs/design/data-path.md`.
+pub const FRAGMENT_HASH: FragmentHash = FragmentHash::Blake3;
 
 /// Size of each fragment of a sealed block of `sealed_len` bytes cut into
 /// `data` data fragments: `ceil(sealed_len / data)`, rounded up to an even
@@ -30,8 +35,10 @@ pub struct EncodedBlock {
     /// One fragment per position, in position order: `k` data fragments,
     /// then `m` parity fragments.
     pub fragments: Vec<Vec<u8>>,
-    /// The fragments' size and hashes, as the manifest lists them.
+    /// The fragments' size and digests, as the manifest lists them.
     pub hashes: BlockFragments,
+    /// The algorithm of those digests.
+    pub hash: FragmentHash,
 }
 
 impl fmt::Debug for EncodedBlock {
@@ -50,18 +57,32 @@ impl fmt::Debug for EncodedBlock {
 /// stream of blocks.
 pub struct ErasureCoder {
     scheme: Scheme,
+    hash: FragmentHash,
     encoder: Option<ReedSolomonEncoder>,
     decoder: Option<ReedSolomonDecoder>,
 }
 
 impl ErasureCoder {
-    /// A coder for `scheme`, which must have `k ≥ 1` and `k + m ≤ 64`.
+    /// A coder for `scheme`, which must have `k ≥ 1` and `k + m ≤ 64`,
+    /// with the digests of new versions ([`FRAGMENT_HASH`]).
     pub fn new(scheme: Scheme) -> Result<Self, PipelineError> {
+        Self::with_hash(scheme, FRAGMENT_HASH)
+    }
+
+    /// A coder whose fragment digests use `hash`: for decoding, the
+    /// manifest's.
+    pub fn with_hash(scheme: Scheme, hash: FragmentHash) -> Result<Self, PipelineError> {
         Ok(Self {
             scheme: checked(scheme)?,
+            hash,
             encoder: None,
             decoder: None,
         })
+    }
+
+    /// The algorithm of the fragment digests.
+    pub fn hash(&self) -> FragmentHash {
+        self.hash
     }
 
     /// The scheme.
@@ -103,20 +124,21 @@ impl ErasureCoder {
             fragments.extend(result.recovery_iter().map(<[u8]>::to_vec));
         }
         let hashes = BlockFragments {
-            sha256: fragments.iter().map(|f| sha256(f)).collect(),
+            digests: fragments.iter().map(|f| self.hash.digest(f)).collect(),
             fragment_size: size as u64,
         };
         Ok(EncodedBlock {
             index,
             fragments,
             hashes,
+            hash: self.hash,
         })
     }
 
     /// Rebuilds sealed block `index` of `sealed_len` bytes from the fragments
     /// at hand: `fragments[p]` is the fragment of position `p`, if any.
     ///
-    /// Fragments are checked against `expected` (size and SHA-256) before
+    /// Fragments are checked against `expected` (size and digest) before
     /// use, data positions first, until `k` good ones are found; the rest are
     /// not looked at. A fragment that fails the check counts as missing. With
     /// fewer than `k` good fragments the error lists the missing and the
@@ -136,7 +158,7 @@ impl ErasureCoder {
                 got: fragments.len(),
             });
         }
-        if expected.sha256.len() != positions {
+        if expected.digests.len() != positions {
             return Err(PipelineError::Inconsistent(
                 "a block does not list one hash per position",
             ));
@@ -162,7 +184,9 @@ impl ErasureCoder {
                 None => missing.push(number),
                 Some(fragment) => {
                     let fragment = fragment.as_ref();
-                    if fragment.len() == size && sha256(fragment) == expected.sha256[position] {
+                    if fragment.len() == size
+                        && self.hash.digest(fragment) == expected.digests[position]
+                    {
                         good[position] = Some(fragment);
                         usable += 1;
                     } else {
@@ -303,9 +327,10 @@ mod tests {
                 assert_eq!(block.fragments.len(), positions as usize);
                 let size = fragment_size(len, data);
                 assert_eq!(block.hashes.fragment_size, size as u64);
-                for (fragment, hash) in block.fragments.iter().zip(&block.hashes.sha256) {
+                assert_eq!(block.hash, FragmentHash::Blake3);
+                for (fragment, digest) in block.fragments.iter().zip(&block.hashes.digests) {
                     assert_eq!(fragment.len(), size);
-                    assert_eq!(&sha256(fragment), hash);
+                    assert_eq!(&FragmentHash::Blake3.digest(fragment), digest);
                 }
                 // Data fragments are the sealed block itself, zero-padded.
                 let joined: Vec<u8> = block.fragments[..data as usize].concat();
@@ -376,6 +401,30 @@ mod tests {
     }
 
     #[test]
+    fn fragments_are_checked_with_the_manifests_algorithm() {
+        // Versions written before BLAKE3 name SHA-256 and still decode; a
+        // coder with the other algorithm sees every fragment as corrupt.
+        let scheme = Scheme { data: 2, parity: 1 };
+        let sealed = random(5000);
+        let mut old = ErasureCoder::with_hash(scheme, FragmentHash::Sha256).unwrap();
+        let block = old.encode(0, &sealed).unwrap();
+        assert_eq!(
+            block.hashes.digests[0],
+            FragmentHash::Sha256.digest(&block.fragments[0])
+        );
+        let slots: Vec<Option<&Vec<u8>>> = block.fragments.iter().map(Some).collect();
+        assert_eq!(
+            old.decode(0, &block.hashes, sealed.len(), &slots).unwrap(),
+            sealed
+        );
+        let mut new = ErasureCoder::new(scheme).unwrap();
+        assert!(matches!(
+            new.decode(0, &block.hashes, sealed.len(), &slots),
+            Err(PipelineError::MissingFragments { usable: 0, corrupt, .. }) if corrupt == [0, 1, 2]
+        ));
+    }
+
+    #[test]
     fn inconsistent_inputs_are_refused() {
         let mut coder = ErasureCoder::new(Scheme { data: 2, parity: 1 }).unwrap();
         let sealed = random(100);
@@ -393,7 +442,7 @@ mod tests {
             Err(PipelineError::Inconsistent(_))
         ));
         let mut hashes = block.hashes.clone();
-        hashes.sha256.pop();
+        hashes.digests.pop();
         assert!(matches!(
             coder.decode(0, &hashes, 100, &slots),
             Err(PipelineError::Inconsistent(_))

@@ -9,12 +9,13 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use common::digest::FragmentHash;
 use common::id::UserId;
 use common::manifest::{BlockFragments, MAX_MANIFEST_BYTES, Manifest, ObjectId, Scheme};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::erasure::{EncodedBlock, ErasureCoder, fragment_size};
+use super::erasure::{EncodedBlock, ErasureCoder, FRAGMENT_HASH, fragment_size};
 use super::scheme::checked;
 use super::seal::TAG_LEN;
 use super::{
@@ -97,6 +98,7 @@ impl<R> Encoder<R> {
         let manifest = ManifestBuilder::new(params.version.clone(), params.writer, params.scheme)
             .epoch(params.epoch)
             .created_unix(params.created_unix)
+            .fragment_hash(coder.hash())
             .wrapped_file_key(wrapped);
         Ok(Self {
             reader,
@@ -245,6 +247,7 @@ pub struct ManifestBuilder {
     wrapped_file_key: Option<Vec<u8>>,
     sealed_metadata: Option<Vec<u8>>,
     created_unix: i64,
+    fragment_hash: FragmentHash,
     blocks: Vec<BlockFragments>,
     /// Encoded size of the block entries so far.
     blocks_len: usize,
@@ -262,9 +265,17 @@ impl ManifestBuilder {
             wrapped_file_key: None,
             sealed_metadata: None,
             created_unix: common::unix_now(),
+            fragment_hash: FRAGMENT_HASH,
             blocks: Vec::new(),
             blocks_len: 0,
         }
+    }
+
+    /// Sets the algorithm of the fragment digests (default
+    /// [`FRAGMENT_HASH`]); it must be the encoder's.
+    pub fn fragment_hash(mut self, hash: FragmentHash) -> Self {
+        self.fragment_hash = hash;
+        self
     }
 
     /// Sets the key epoch.
@@ -295,13 +306,13 @@ impl ManifestBuilder {
     /// not list one hash per position, or when the manifest would grow past
     /// what suppliers accept.
     pub fn push_block(&mut self, block: BlockFragments) -> Result<(), PipelineError> {
-        if block.sha256.len() != self.scheme.data as usize + self.scheme.parity as usize {
+        if block.digests.len() != self.scheme.data as usize + self.scheme.parity as usize {
             return Err(PipelineError::Inconsistent(
                 "a block does not list one hash per position",
             ));
         }
         let entry = proto::storage::v1::BlockFragments {
-            sha256: block.sha256.iter().map(|h| h.to_vec()).collect(),
+            digests: block.digests.iter().map(|h| h.to_vec()).collect(),
             fragment_size: block.fragment_size,
         }
         .encoded_len();
@@ -337,6 +348,7 @@ impl ManifestBuilder {
             scheme,
             wrapped_file_key,
             sealed_metadata,
+            fragment_hash: self.fragment_hash,
             blocks: self.blocks,
             created_unix: self.created_unix,
         })
@@ -394,7 +406,7 @@ impl Decoder {
         let positions = scheme.data as usize + scheme.parity as usize;
         for (index, block) in (0..).zip(&manifest.blocks) {
             let sealed = sealed_len(&metadata, index)?;
-            if block.sha256.len() != positions
+            if block.digests.len() != positions
                 || block.fragment_size != fragment_size(sealed, scheme.data) as u64
             {
                 return Err(PipelineError::Inconsistent(
@@ -404,7 +416,7 @@ impl Decoder {
         }
         Ok(Self {
             cipher,
-            coder: ErasureCoder::new(scheme)?,
+            coder: ErasureCoder::with_hash(scheme, manifest.fragment_hash)?,
             metadata,
             object_id: manifest.object_id,
             blocks: manifest.blocks.clone(),
@@ -1022,7 +1034,7 @@ mod tests {
         assert!(builder.clone().wrapped_file_key(vec![1]).build().is_err());
         let mut builder = builder.wrapped_file_key(vec![1]).sealed_metadata(vec![2]);
         let hashes = |n| BlockFragments {
-            sha256: vec![[0; 32]; n],
+            digests: vec![[0; 32]; n],
             fragment_size: 65_552,
         };
         assert!(builder.push_block(hashes(3)).is_err());

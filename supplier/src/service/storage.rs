@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::audit;
 use common::crypto::{PublicKey, Purpose};
+use common::digest::{FragmentDigest, FragmentHash};
 use common::envelope::Envelope;
 use common::id::{Alias, KeyId, NodeId, UserId};
 use common::identity::SignedIdentity;
@@ -32,7 +33,6 @@ use proto::storage::v1::{
     RegisterKeyRequest, RegisterKeyResponse, ReleaseRequest, ReleaseResponse, RemoveKeyRequest,
     RemoveKeyResponse, SubscribeRequest, get_fragment_response, put_fragment_request,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -624,12 +624,16 @@ impl StorageService {
         let FragmentHeader {
             fragment,
             size,
-            sha256,
+            digest,
+            hash,
         } = header;
-        let expected: [u8; 32] = sha256
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("sha256 must be 32 bytes"))?;
+        let expected = FragmentDigest {
+            hash: FragmentHash::from_wire(hash).map_err(|e| bad(e.to_string()))?,
+            value: digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("the digest must be 32 bytes"))?,
+        };
         if size > self.limits.max_fragment_bytes {
             return Err(Error::Exhausted(format!(
                 "fragment of {size} bytes is larger than the {} allowed",
@@ -651,7 +655,7 @@ impl StorageService {
         // (the usual case) is stored from it without a copy.
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut received = 0;
-        let mut hasher = Sha256::new();
+        let mut hasher = expected.hash.hasher();
         while let Some(message) = stream
             .message()
             .await
@@ -677,16 +681,22 @@ impl StorageService {
         } else {
             Bytes::from(chunks.concat())
         };
-        let actual: [u8; 32] = hasher.finalize().into();
+        let actual = FragmentDigest {
+            hash: expected.hash,
+            value: hasher.finalize(),
+        };
         if actual != expected {
-            return Err(bad("fragment does not match its declared hash"));
+            return Err(bad(format!(
+                "fragment does not match its declared {} digest",
+                expected.hash
+            )));
         }
         let owner = location.owner;
         let capacity = self.limits.capacity;
         self.run(move |store| store.stage(&owner, &key, &payload, actual, capacity))
             .await?;
         Ok(PutFragmentResponse {
-            sha256: actual.to_vec(),
+            digest: actual.value.to_vec(),
             size,
         })
     }
@@ -711,7 +721,8 @@ impl StorageService {
         let header = FragmentHeader {
             fragment: reference,
             size: fragment.payload.len() as u64,
-            sha256: fragment.sha256,
+            digest: fragment.digest.value.to_vec(),
+            hash: fragment.digest.hash.to_wire(),
         };
         let mut parts = vec![GetFragmentResponse {
             part: Some(get_fragment_response::Part::Header(header)),
@@ -766,9 +777,9 @@ impl StorageService {
             if !seen.insert(block) {
                 return Err(bad(format!("the commit carries block {block} twice")));
             }
-            let sha256 = common::crypto::sha256(&data);
+            let digest = FragmentDigest::of(manifest.fragment_hash, &data);
             if data.len() as u64 != entry.fragment_size
-                || entry.sha256.get(position as usize) != Some(&sha256)
+                || entry.digests.get(position as usize) != Some(&digest.value)
             {
                 return Err(bad(format!(
                     "the fragment of block {block} the commit carries does not match the manifest"
@@ -784,7 +795,7 @@ impl StorageService {
             out.push(Carried {
                 key,
                 payload: data,
-                sha256,
+                digest,
             });
         }
         Ok(out)
@@ -836,11 +847,14 @@ impl StorageService {
             .blocks
             .iter()
             .enumerate()
-            .filter_map(|(block, hashes)| {
-                hashes
-                    .sha256
-                    .get(position as usize)
-                    .map(|hash| (block as u64, position, *hash))
+            .filter_map(|(block, entry)| {
+                entry.digests.get(position as usize).map(|&value| {
+                    let digest = FragmentDigest {
+                        hash: manifest.fragment_hash,
+                        value,
+                    };
+                    (block as u64, position, digest)
+                })
             })
             .collect();
         let commit = Commit {
