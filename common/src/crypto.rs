@@ -522,14 +522,26 @@ impl SymmetricKey {
     ) -> Result<Vec<u8>, CryptoError> {
         let mut sealed = Vec::with_capacity(plaintext.len() + TAG_LEN);
         sealed.extend_from_slice(plaintext);
+        self.seal_in_place(nonce, aad, &mut sealed)?;
+        Ok(sealed)
+    }
+
+    /// [`SymmetricKey::seal`] over `buffer`'s bytes, in place: they become
+    /// the ciphertext, and the tag is appended (no copy if `buffer` has room
+    /// for it).
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         self.cipher()?
             .seal_in_place_append_tag(
                 ring::aead::Nonce::assume_unique_for_key(*nonce),
                 ring::aead::Aad::from(aad),
-                &mut sealed,
+                buffer,
             )
-            .map_err(|_| CryptoError::Seal)?;
-        Ok(sealed)
+            .map_err(|_| CryptoError::Seal)
     }
 
     /// Decrypts and checks a ciphertext sealed with the same nonce and AAD.

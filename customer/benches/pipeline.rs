@@ -131,7 +131,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         remaining: total,
     };
     let mut encoder = Encoder::new(input, params, &key)?;
-    let mut fragments: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut fragments: Vec<Vec<prost::bytes::Bytes>> = Vec::new();
     while let Some(block) = encoder.next_block()? {
         fragments.push(block.fragments);
     }
@@ -150,7 +150,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 let slots: Vec<Option<&[u8]>> = block
                     .iter()
                     .enumerate()
-                    .map(|(position, f)| (position >= lost).then_some(f.as_slice()))
+                    .map(|(position, f)| (position >= lost).then_some(&f[..]))
                     .collect();
                 decoder.write_block(index, &slots, &mut sink)?;
             }

@@ -33,15 +33,20 @@ fn follow(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Waits for a line containing `needle` and returns it.
+/// Waits for a line containing `needle` and returns it. If none comes, the
+/// panic shows what the process said instead.
 fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line with {needle:?} in time"),
+            Ok(line) => seen.push(line),
+            Err(e) => panic!(
+                "no line with {needle:?} ({e}); it said:\n{}",
+                seen.join("\n")
+            ),
         }
     }
 }

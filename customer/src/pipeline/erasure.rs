@@ -8,6 +8,7 @@ use std::fmt;
 
 use common::digest::FragmentHash;
 use common::manifest::{BlockFragments, Scheme};
+use prost::bytes::Bytes;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use super::PipelineError;
@@ -17,6 +18,12 @@ use super::scheme::checked;
 /// as fast as SHA-256 (with SHA-NI) and both sides hash every fragment;
 /// see `docs/design/data-path.md`.
 pub const FRAGMENT_HASH: FragmentHash = FragmentHash::Blake3;
+
+/// Length of a sealed block of `sealed_len` bytes once padded for `data`
+/// data fragments: `data * fragment_size(sealed_len, data)`.
+pub(super) fn padded_len(sealed_len: usize, data: u32) -> usize {
+    fragment_size(sealed_len, data).saturating_mul(usize::try_from(data.max(1)).unwrap_or(1))
+}
 
 /// Size of each fragment of a sealed block of `sealed_len` bytes cut into
 /// `data` data fragments: `ceil(sealed_len / data)`, rounded up to an even
@@ -32,9 +39,9 @@ pub fn fragment_size(sealed_len: usize, data: u32) -> usize {
 pub struct EncodedBlock {
     /// The block index.
     pub index: u64,
-    /// One fragment per position, in position order: `k` data fragments,
-    /// then `m` parity fragments.
-    pub fragments: Vec<Vec<u8>>,
+    /// One fragment per position, in position order: `k` data fragments
+    /// (views of the padded sealed block), then `m` parity fragments.
+    pub fragments: Vec<Bytes>,
     /// The fragments' size and digests, as the manifest lists them.
     pub hashes: BlockFragments,
     /// The algorithm of those digests.
@@ -93,17 +100,26 @@ impl ErasureCoder {
     /// Cuts sealed block `index` into `k` data fragments (zero-padded to
     /// [`fragment_size`]) and computes `m` parity fragments and all hashes.
     pub fn encode(&mut self, index: u64, sealed: &[u8]) -> Result<EncodedBlock, PipelineError> {
+        let mut owned = Vec::with_capacity(padded_len(sealed.len(), self.scheme.data));
+        owned.extend_from_slice(sealed);
+        self.encode_owned(index, owned)
+    }
+
+    /// [`ErasureCoder::encode`], taking the sealed block: it is padded in
+    /// place and the data fragments are views of it, not copies. Give it
+    /// room for [`padded_len`] bytes and it is not moved either.
+    pub fn encode_owned(
+        &mut self,
+        index: u64,
+        mut sealed: Vec<u8>,
+    ) -> Result<EncodedBlock, PipelineError> {
         let (data, parity) = self.counts();
         let size = fragment_size(sealed.len(), self.scheme.data);
-        let mut fragments = Vec::with_capacity(data + parity);
-        for position in 0..data {
-            let start = (position * size).min(sealed.len());
-            let end = (start + size).min(sealed.len());
-            let mut fragment = Vec::with_capacity(size);
-            fragment.extend_from_slice(&sealed[start..end]);
-            fragment.resize(size, 0);
-            fragments.push(fragment);
-        }
+        sealed.resize(data * size, 0);
+        let sealed = Bytes::from(sealed);
+        let mut fragments: Vec<Bytes> = (0..data)
+            .map(|position| sealed.slice(position * size..(position + 1) * size))
+            .collect();
         if parity > 0 {
             let failed = |source| PipelineError::Erasure {
                 block: index,
@@ -121,7 +137,7 @@ impl ErasureCoder {
                 encoder.add_original_shard(fragment).map_err(failed)?;
             }
             let result = encoder.encode().map_err(failed)?;
-            fragments.extend(result.recovery_iter().map(<[u8]>::to_vec));
+            fragments.extend(result.recovery_iter().map(Bytes::copy_from_slice));
         }
         let hashes = BlockFragments {
             digests: fragments.iter().map(|f| self.hash.digest(f)).collect(),
@@ -290,7 +306,7 @@ mod tests {
             .fragments
             .iter()
             .enumerate()
-            .map(|(p, f)| (mask & (1 << p) == 0).then_some(f.as_slice()))
+            .map(|(p, f)| (mask & (1 << p) == 0).then_some(&f[..]))
             .collect()
     }
 
@@ -373,7 +389,7 @@ mod tests {
         let mut coder = ErasureCoder::new(scheme).unwrap();
         let sealed = random(10_000);
         let block = coder.encode(0, &sealed).unwrap();
-        let mut flipped = block.fragments.clone();
+        let mut flipped: Vec<Vec<u8>> = block.fragments.iter().map(|f| f.to_vec()).collect();
         flipped[1][7] ^= 0x40;
         flipped[3].pop();
         let slots: Vec<Option<&Vec<u8>>> = flipped.iter().map(Some).collect();
@@ -412,7 +428,7 @@ mod tests {
             block.hashes.digests[0],
             FragmentHash::Sha256.digest(&block.fragments[0])
         );
-        let slots: Vec<Option<&Vec<u8>>> = block.fragments.iter().map(Some).collect();
+        let slots: Vec<Option<&Bytes>> = block.fragments.iter().map(Some).collect();
         assert_eq!(
             old.decode(0, &block.hashes, sealed.len(), &slots).unwrap(),
             sealed
@@ -429,7 +445,7 @@ mod tests {
         let mut coder = ErasureCoder::new(Scheme { data: 2, parity: 1 }).unwrap();
         let sealed = random(100);
         let block = coder.encode(0, &sealed).unwrap();
-        let slots: Vec<Option<&Vec<u8>>> = block.fragments.iter().map(Some).collect();
+        let slots: Vec<Option<&Bytes>> = block.fragments.iter().map(Some).collect();
         assert!(matches!(
             coder.decode(0, &block.hashes, 100, &slots[..2]),
             Err(PipelineError::PositionCount {

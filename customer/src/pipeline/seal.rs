@@ -211,6 +211,19 @@ impl VersionCipher {
         &self.version
     }
 
+    /// Seals block `index` in place: `block` holds the plaintext and ends up
+    /// holding the sealed block, 16 bytes longer.
+    pub fn seal_block_in_place(
+        &self,
+        index: u64,
+        block: &mut Vec<u8>,
+    ) -> Result<(), PipelineError> {
+        self.key
+            .0
+            .seal_in_place(&block_nonce(index), &self.block_aad(index), block)
+            .map_err(PipelineError::Seal)
+    }
+
     /// Seals block `index`; the result is 16 bytes longer than `plaintext`.
     pub fn seal_block(&self, index: u64, plaintext: &[u8]) -> Result<Vec<u8>, PipelineError> {
         self.key

@@ -7,7 +7,7 @@
 //! manifest and per-block fragment sets to plaintext.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 
 use common::digest::FragmentHash;
 use common::id::UserId;
@@ -15,7 +15,7 @@ use common::manifest::{BlockFragments, MAX_MANIFEST_BYTES, Manifest, ObjectId, S
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::erasure::{EncodedBlock, ErasureCoder, FRAGMENT_HASH, fragment_size};
+use super::erasure::{EncodedBlock, ErasureCoder, FRAGMENT_HASH, fragment_size, padded_len};
 use super::scheme::checked;
 use super::seal::TAG_LEN;
 use super::{
@@ -153,13 +153,15 @@ impl<R> Encoder<R> {
         if filled < self.block_size {
             self.eof = true;
         }
+        // The block is sealed and padded where it was read, and its data
+        // fragments are views of it: the buffer goes with them.
+        let mut block = std::mem::take(&mut self.buffer);
         if filled == 0 {
-            self.buffer = Vec::new();
             return Ok(None);
         }
         let index = self.next_index;
-        let sealed = self.cipher.seal_block(index, &self.buffer[..filled])?;
-        let block = self.coder.encode(index, &sealed)?;
+        self.cipher.seal_block_in_place(index, &mut block)?;
+        let block = self.coder.encode_owned(index, block)?;
         self.manifest.push_block(block.hashes.clone())?;
         self.next_index += 1;
         self.size += filled as u64;
@@ -176,7 +178,9 @@ impl<R> Encoder<R> {
             return Ok(true);
         }
         self.poisoned = true;
-        self.buffer.resize(self.block_size, 0);
+        // Room for the tag and the padding, so neither moves the block.
+        let room = padded_len(self.block_size + TAG_LEN, self.coder.scheme().data);
+        self.buffer = Vec::with_capacity(room);
         Ok(false)
     }
 }
@@ -188,15 +192,12 @@ impl<R: Read> Encoder<R> {
         if self.start_block()? {
             return Ok(None);
         }
-        let mut filled = 0;
-        while filled < self.block_size {
-            match self.reader.read(&mut self.buffer[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(PipelineError::Read(e)),
-            }
-        }
+        // `read_to_end` reads into the spare capacity, without zeroing it
+        // first, and retries interrupted reads.
+        let filled = (&mut self.reader)
+            .take(self.block_size as u64)
+            .read_to_end(&mut self.buffer)
+            .map_err(PipelineError::Read)?;
         self.encode_buffered(filled)
     }
 }
@@ -211,15 +212,11 @@ impl<R: AsyncRead + Unpin> Encoder<R> {
         if self.start_block()? {
             return Ok(None);
         }
-        let mut filled = 0;
-        while filled < self.block_size {
-            match self.reader.read(&mut self.buffer[filled..]).await {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(PipelineError::Read(e)),
-            }
-        }
+        let filled = (&mut self.reader)
+            .take(self.block_size as u64)
+            .read_to_end(&mut self.buffer)
+            .await
+            .map_err(PipelineError::Read)?;
         self.encode_buffered(filled)
     }
 }
@@ -562,6 +559,7 @@ mod tests {
     use common::manifest::SignedManifest;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
+    use std::io;
 
     use super::super::fixtures::{LOCATION, OTHER, OTHER_SECRETS, SECRETS};
     use super::*;
@@ -616,7 +614,7 @@ mod tests {
     fn all(blocks: &[EncodedBlock]) -> Vec<Vec<Option<Vec<u8>>>> {
         blocks
             .iter()
-            .map(|b| b.fragments.iter().cloned().map(Some).collect())
+            .map(|b| b.fragments.iter().map(|f| Some(f.to_vec())).collect())
             .collect()
     }
 
