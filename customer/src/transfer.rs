@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use common::id::UserId;
 use common::manifest::{Manifest, ObjectId, SignedManifest};
-use prost::bytes::Bytes;
 use proto::common::v1::Location;
 use proto::storage::v1::{
     CommitManifestRequest, DeleteRequest, FragmentHeader, FragmentRef, GetFragmentRequest,
@@ -364,7 +363,7 @@ impl Session {
                 for (slot, data) in inline.iter_mut().zip(block.fragments) {
                     slot.push(InlineFragment {
                         block: block.index,
-                        data: data.into(),
+                        data,
                     });
                 }
                 continue;
@@ -856,7 +855,6 @@ async fn upload_block(
                 })),
             });
             // Chunks are views of the fragment, not copies.
-            let fragment = Bytes::from(fragment);
             messages.extend((0..fragment.len()).step_by(CHUNK).map(|at| {
                 let end = fragment.len().min(at + CHUNK);
                 PutFragmentRequest {
