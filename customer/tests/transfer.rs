@@ -13,6 +13,7 @@ use customer::transfer::{Progress, TransferError, catalog, next_versions};
 use supplier::store::{Store, keys};
 use supplier::{Config, Supplier};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Net {
     suppliers: Vec<Option<Supplier>>,
@@ -37,9 +38,11 @@ impl Net {
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
             supplier::init_data_dir(dir.path(), 2048).unwrap();
-            let node = Supplier::spawn(Config::for_tests(dir.path()))
-                .await
-                .unwrap();
+            let config = Config {
+                metrics: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..Config::for_tests(dir.path())
+            };
+            let node = Supplier::spawn(config).await.unwrap();
             addrs.push(node.local_addr());
             suppliers.push(Some(node));
             dirs.push(dir);
@@ -144,6 +147,30 @@ impl Net {
             ..Config::for_tests(self.dirs[position].path())
         };
         self.suppliers[position] = Some(Supplier::spawn(config).await.unwrap());
+    }
+
+    /// `PutFragment` calls the running suppliers counted, read from their
+    /// metrics endpoints as an operator would.
+    async fn put_fragment_calls(&self) -> u64 {
+        let mut total = 0;
+        for node in self.suppliers.iter().flatten() {
+            let addr = node.metrics_addr().unwrap();
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut text = String::new();
+            tcp.read_to_string(&mut text).await.unwrap();
+            total += text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("silt_supplier_requests_total{")
+                        && l.contains("method=\"PutFragment\"")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>();
+        }
+        total
     }
 
     fn object(&self, name: &str) -> ObjectId {
@@ -289,6 +316,21 @@ async fn a_second_upload_is_a_new_version_and_old_ones_stay_readable() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::NotFound(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_ride_with_their_commit_and_large_ones_are_staged_first() {
+    let net = Net::start(6, "4+2", 1 << 20).await;
+    // 4 KiB: fragments of about 1 KiB travel inside the commit.
+    let small = random(4096);
+    net.put("small.bin", &small).await;
+    assert_eq!(net.put_fragment_calls().await, 0);
+    assert_eq!(net.get("small.bin", None).await.unwrap(), small);
+    // Three 1 MiB blocks: fragments of 256 KiB are staged one call each.
+    let large = random(3 << 20);
+    net.put("large.bin", &large).await;
+    assert_eq!(net.put_fragment_calls().await, 3 * 6);
+    assert_eq!(net.get("large.bin", None).await.unwrap(), large);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
