@@ -48,9 +48,10 @@
 //!   `m = 0` there are none. The manifest records `s` as `fragment_size` and
 //!   each fragment's digest: BLAKE3 (32 bytes) for new versions, named by
 //!   `Manifest.fragment_hash`; versions from before it name SHA-256, and
-//!   decoding uses whichever the signed manifest names. The padding needs no record of its own: the
-//!   sealed length follows from the size and block size in the metadata, and
-//!   the decoder checks that `fragment_size` agrees with it.
+//!   decoding uses whichever the signed manifest names. The padding needs no
+//!   record of its own: the sealed length follows from the size and block
+//!   size in the metadata, and the decoder checks that `fragment_size`
+//!   agrees with it.
 
 mod erasure;
 mod metadata;

@@ -855,11 +855,8 @@ async fn upload_block(
                 })),
             });
             // Chunks are views of the fragment, not copies.
-            messages.extend((0..fragment.len()).step_by(CHUNK).map(|at| {
-                let end = fragment.len().min(at + CHUNK);
-                PutFragmentRequest {
-                    part: Some(put_fragment_request::Part::Chunk(fragment.slice(at..end))),
-                }
+            messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
+                part: Some(put_fragment_request::Part::Chunk(fragment.slice_ref(chunk))),
             }));
             let mut request = tonic::Request::new(tokio_stream::iter(messages));
             request.set_timeout(CALL_TIMEOUT * 4);

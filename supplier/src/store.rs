@@ -204,9 +204,10 @@ pub struct FragmentMeta {
 }
 
 impl FragmentMeta {
-    fn new(committed: bool, size: u64, digest: FragmentDigest) -> Self {
+    /// The record of a fragment just staged.
+    fn staged(size: u64, digest: FragmentDigest) -> Self {
         Self {
-            committed,
+            committed: false,
             staged_unix: common::unix_now(),
             size,
             digest: digest.value.to_vec(),
@@ -912,7 +913,7 @@ impl Store {
             });
         }
         contract.used_bytes = (contract.used_bytes + size).saturating_sub(freed);
-        let meta = FragmentMeta::new(false, size, digest);
+        let meta = FragmentMeta::staged(size, digest);
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());

@@ -733,9 +733,9 @@ impl StorageService {
         // Chunks are views of the payload read from the store, not copies.
         let payload = Bytes::from(fragment.payload);
         parts.extend(
-            (0..payload.len())
-                .step_by(READ_CHUNK)
-                .map(|at| chunk(payload.slice(at..payload.len().min(at + READ_CHUNK)))),
+            payload
+                .chunks(READ_CHUNK)
+                .map(|c| chunk(payload.slice_ref(c))),
         );
         Ok(parts)
     }
