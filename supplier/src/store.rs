@@ -341,6 +341,12 @@ const REWRITE_MAX_BYTES: u64 = 4 << 20;
 /// Unlogged fragments remembered before a stage flushes them all anyway.
 const MAX_UNLOGGED: usize = 16_384;
 
+/// A write batch that holds one fragment's payload, and its size.
+struct PayloadBatch {
+    batch: WriteBatch,
+    size: usize,
+}
+
 /// The owner a customer key starts with.
 fn owner_of(key: &[u8]) -> Result<NodeId, StoreError> {
     NodeId::from_slice(key.get(..32).unwrap_or_default())
@@ -869,8 +875,25 @@ impl Store {
         digest: FragmentDigest,
         capacity: u64,
     ) -> Result<(), StoreError> {
+        // The payload is copied into the batch before the lock is taken, so
+        // fragments arriving on several streams are copied in parallel.
+        let batch = self.fragment_batch(key, payload)?;
         let mut ledger = self.lock();
-        self.stage_locked(&mut ledger, owner, key, payload, digest, capacity)
+        self.stage_locked(&mut ledger, owner, key, batch, digest, capacity)
+    }
+
+    /// A batch holding a fragment's payload, with room for the records
+    /// [`Store::stage_locked`] adds. Sized up front: a batch grown by
+    /// appending copied a large payload three times over.
+    fn fragment_batch(&self, key: &[u8], payload: &[u8]) -> Result<PayloadBatch, StoreError> {
+        const RECORDS_ROOM: usize = 1024;
+        let mut batch =
+            WriteBatch::with_capacity_bytes(payload.len() + 3 * key.len() + RECORDS_ROOM);
+        batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
+        Ok(PayloadBatch {
+            batch,
+            size: payload.len(),
+        })
     }
 
     /// [`Store::stage`] with the write lock held.
@@ -879,7 +902,7 @@ impl Store {
         ledger: &mut Ledger,
         owner: &NodeId,
         key: &[u8],
-        payload: &[u8],
+        payload: PayloadBatch,
         digest: FragmentDigest,
         capacity: u64,
     ) -> Result<(), StoreError> {
@@ -896,7 +919,9 @@ impl Store {
                 ))
             };
         }
-        let size = payload.len() as u64;
+        let PayloadBatch { mut batch, size } = payload;
+        let unlogged = size >= UNLOGGED_MIN_BYTES;
+        let size = size as u64;
         let freed = previous.map_or(0, |p| p.size);
         let needed = size.saturating_sub(freed);
         if contract.used_bytes + needed > contract.quota_bytes {
@@ -914,15 +939,13 @@ impl Store {
         }
         contract.used_bytes = (contract.used_bytes + size).saturating_sub(freed);
         let meta = FragmentMeta::staged(size, digest);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
         batch.put_cf(
             self.cf(Cf::Contracts)?,
             owner.as_bytes(),
             contract.encode_to_vec(),
         );
-        if payload.len() >= UNLOGGED_MIN_BYTES {
+        if unlogged {
             self.write_unlogged(batch)?;
             ledger.unlogged.insert(key.to_vec(), size);
         } else {
@@ -991,7 +1014,7 @@ impl Store {
                 &mut ledger,
                 &commit.owner,
                 &fragment.key,
-                &fragment.payload,
+                self.fragment_batch(&fragment.key, &fragment.payload)?,
                 fragment.digest,
                 capacity,
             )?;
