@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use common::id::UserId;
 use common::manifest::{Manifest, ObjectId, SignedManifest};
+use prost::bytes::{Bytes, BytesMut};
 use proto::common::v1::Location;
 use proto::storage::v1::{
     CommitManifestRequest, DeleteRequest, FragmentHeader, FragmentRef, GetFragmentRequest,
@@ -580,8 +581,8 @@ impl Session {
             block: 0,
             position: 0,
         };
-        let mut pending: JoinSet<(u64, Vec<Option<Vec<u8>>>)> = JoinSet::new();
-        let mut ready: BTreeMap<u64, Vec<Option<Vec<u8>>>> = BTreeMap::new();
+        let mut pending: JoinSet<(u64, Vec<Option<Bytes>>)> = JoinSet::new();
+        let mut ready: BTreeMap<u64, Vec<Option<Bytes>>> = BTreeMap::new();
         let mut next_fetch = 0u64;
         let mut next_write = 0u64;
         while next_write < blocks {
@@ -886,12 +887,12 @@ async fn fetch_block(
     reference: FragmentRef,
     need: usize,
     positions: u32,
-) -> Vec<Option<Vec<u8>>> {
-    let mut slots: Vec<Option<Vec<u8>>> = vec![None; positions as usize];
+) -> Vec<Option<Bytes>> {
+    let mut slots: Vec<Option<Bytes>> = vec![None; positions as usize];
     let mut remaining = order.iter().copied();
     let mut got = 0;
     let mut fetches = JoinSet::new();
-    let spawn = |fetches: &mut JoinSet<(u32, Option<Vec<u8>>)>, position: u32| {
+    let spawn = |fetches: &mut JoinSet<(u32, Option<Bytes>)>, position: u32| {
         let Some(client) = clients.get(&position).cloned() else {
             return false;
         };
@@ -937,27 +938,37 @@ async fn fetch_block(
 async fn fetch_fragment(
     mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
     reference: FragmentRef,
-) -> Option<Vec<u8>> {
+) -> Option<Bytes> {
     let mut request = tonic::Request::new(GetFragmentRequest {
         fragment: Some(reference),
     });
     request.set_timeout(CALL_TIMEOUT * 4);
     let mut stream = client.get_fragment(request).await.ok()?.into_inner();
-    let mut data = Vec::new();
+    // A fragment sent as one chunk (the usual case) is kept as received;
+    // only one sent in several is joined.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
     let mut expected = 0;
     while let Some(message) = stream.message().await.ok()? {
         match message.part {
             Some(get_fragment_response::Part::Header(header)) => {
                 expected = usize::try_from(header.size).unwrap_or(0).min(64 << 20);
             }
-            Some(get_fragment_response::Part::Chunk(chunk)) => {
-                data.reserve(expected.saturating_sub(data.len()));
-                data.extend_from_slice(&chunk);
-            }
+            Some(get_fragment_response::Part::Chunk(chunk)) => match (&mut joined, first.take()) {
+                (Some(joined), _) => joined.extend_from_slice(&chunk),
+                (None, None) => first = Some(chunk),
+                (None, Some(earlier)) => {
+                    let mut buffer =
+                        BytesMut::with_capacity(expected.max(earlier.len() + chunk.len()));
+                    buffer.extend_from_slice(&earlier);
+                    buffer.extend_from_slice(&chunk);
+                    joined = Some(buffer);
+                }
+            },
             None => {}
         }
     }
-    Some(data)
+    Some(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
 }
 
 /// The next version number for each object: one more than the newest held.

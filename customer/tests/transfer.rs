@@ -223,6 +223,17 @@ async fn default_sized_blocks_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_too_large_for_one_message_cross_in_several() {
+    // 1+1 with 12 MiB blocks: each fragment is over 12 MiB, so it goes up
+    // and comes back as more than one 8 MiB chunk, and must be joined.
+    let block = 12 << 20;
+    let net = Net::start(2, "1+1", block).await;
+    let data = random(block + 4099);
+    net.put("big.bin", &data).await;
+    assert_eq!(net.get("big.bin", None).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn m_suppliers_down_still_download_and_m_plus_one_names_the_missing() {
     let mut net = Net::start(6, "4+2", SMALL_BLOCK).await;
     let data = random(5 * SMALL_BLOCK + 99);
