@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::pipeline::{
-    Decoder, EncodeParams, EncodedBlock, Encoder, FileMetadata, NormalPath, PipelineError,
-    VersionRef,
+    Decoder, EncodeParams, EncodedBlock, Encoder, FileMetadata, MAX_BLOCK_SIZE, NormalPath,
+    PipelineError, VersionRef,
 };
 use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
 
@@ -944,31 +944,65 @@ async fn fetch_fragment(
     });
     request.set_timeout(CALL_TIMEOUT * 4);
     let mut stream = client.get_fragment(request).await.ok()?.into_inner();
-    // A fragment sent as one chunk (the usual case) is kept as received;
-    // only one sent in several is joined.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut chunks = FragmentChunks::default();
     let mut expected = 0;
     while let Some(message) = stream.message().await.ok()? {
         match message.part {
             Some(get_fragment_response::Part::Header(header)) => {
-                expected = usize::try_from(header.size).unwrap_or(0).min(64 << 20);
+                expected = usize::try_from(header.size).unwrap_or(0);
             }
-            Some(get_fragment_response::Part::Chunk(chunk)) => match (&mut joined, first.take()) {
-                (Some(joined), _) => joined.extend_from_slice(&chunk),
-                (None, None) => first = Some(chunk),
-                (None, Some(earlier)) => {
-                    let mut buffer =
-                        BytesMut::with_capacity(expected.max(earlier.len() + chunk.len()));
-                    buffer.extend_from_slice(&earlier);
-                    buffer.extend_from_slice(&chunk);
-                    joined = Some(buffer);
-                }
-            },
+            Some(get_fragment_response::Part::Chunk(chunk)) => chunks.push(chunk, expected)?,
             None => {}
         }
     }
-    Some(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+    Some(chunks.finish())
+}
+
+/// No fragment is larger than the largest block sealed and cut for one
+/// data fragment; the margin covers the tag and padding. A supplier that
+/// streams more is refused before it can fill the customer's memory.
+const MAX_FRAGMENT_BYTES: usize = MAX_BLOCK_SIZE + (1 << 20);
+
+/// The chunks of one fetched fragment. A fragment that arrives as one
+/// chunk (every fragment up to 8 MiB) is kept as received; only one sent
+/// in several is copied together.
+#[derive(Debug, Default)]
+struct FragmentChunks {
+    first: Option<Bytes>,
+    joined: Option<BytesMut>,
+    len: usize,
+}
+
+impl FragmentChunks {
+    /// Adds the next chunk; `expected` (the size the supplier announced)
+    /// only sizes the buffer. `None`, and nothing added, once the
+    /// fragment would exceed [`MAX_FRAGMENT_BYTES`].
+    fn push(&mut self, chunk: Bytes, expected: usize) -> Option<()> {
+        let len = self.len.saturating_add(chunk.len());
+        if len > MAX_FRAGMENT_BYTES {
+            return None;
+        }
+        self.len = len;
+        match (&mut self.joined, self.first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&chunk),
+            (None, None) => self.first = Some(chunk),
+            (None, Some(earlier)) => {
+                let mut buffer = BytesMut::with_capacity(expected.clamp(len, MAX_FRAGMENT_BYTES));
+                buffer.extend_from_slice(&earlier);
+                buffer.extend_from_slice(&chunk);
+                self.joined = Some(buffer);
+            }
+        }
+        Some(())
+    }
+
+    /// The whole fragment.
+    fn finish(self) -> Bytes {
+        match self.joined {
+            Some(joined) => joined.freeze(),
+            None => self.first.unwrap_or_default(),
+        }
+    }
 }
 
 /// The next version number for each object: one more than the newest held.
@@ -979,4 +1013,55 @@ pub fn next_versions(versions: &BTreeMap<(ObjectId, u64), Version>) -> HashMap<O
         *slot = (*slot).max(version + 1);
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fragment_in_one_chunk_is_kept_as_received() {
+        let chunk = Bytes::from(vec![7u8; 1000]);
+        let mut chunks = FragmentChunks::default();
+        assert!(chunks.push(chunk.clone(), 1000).is_some());
+        let fragment = chunks.finish();
+        assert_eq!(fragment, chunk);
+        assert_eq!(fragment.as_ptr(), chunk.as_ptr(), "copied");
+    }
+
+    #[test]
+    fn chunks_join_in_order_whatever_size_was_announced() {
+        for announced in [0, 3, 9, usize::MAX] {
+            let mut chunks = FragmentChunks::default();
+            for part in [&b"abc"[..], b"", b"de", b"fghi"] {
+                assert!(
+                    chunks
+                        .push(Bytes::copy_from_slice(part), announced)
+                        .is_some()
+                );
+            }
+            assert_eq!(&chunks.finish()[..], b"abcdefghi");
+        }
+        assert!(FragmentChunks::default().finish().is_empty());
+    }
+
+    #[test]
+    fn a_fragment_larger_than_any_block_is_refused() {
+        let mut chunks = FragmentChunks::default();
+        assert!(
+            chunks
+                .push(Bytes::from(vec![0u8; MAX_FRAGMENT_BYTES]), 0)
+                .is_some()
+        );
+        assert!(chunks.push(Bytes::from_static(b"x"), 0).is_none());
+        assert_eq!(chunks.finish().len(), MAX_FRAGMENT_BYTES);
+
+        let mut chunks = FragmentChunks::default();
+        assert!(chunks.push(Bytes::from_static(b"x"), 0).is_some());
+        assert!(
+            chunks
+                .push(Bytes::from(vec![0u8; MAX_FRAGMENT_BYTES]), 0)
+                .is_none()
+        );
+    }
 }
