@@ -275,6 +275,12 @@ fn manifest_with(
         .to_proto()
 }
 
+/// Asserts that a call was refused with `code` and a message naming `words`.
+fn assert_refused(status: &tonic::Status, code: Code, words: &str) {
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(status.message().contains(words), "{}", status.message());
+}
+
 async fn commit(
     client: &mut StorageClient<Channel>,
     writer: &Customer,
@@ -767,12 +773,7 @@ async fn commits_check_every_staged_hash_and_unclaimed_fragments_are_collected()
     let status = commit(&mut client, &alice, &master, wrong)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains("does not match"),
-        "{}",
-        status.message()
-    );
+    assert_refused(&status, Code::FailedPrecondition, "does not match");
     // The manifest claims a block that was never uploaded.
     let missing = manifest(
         alice.key_id("master"),
@@ -863,12 +864,7 @@ async fn versions_with_sha256_digests_still_commit_and_read_but_never_mix() {
     let status = commit(&mut client, &alice, &master, signed)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains("does not match"),
-        "{}",
-        status.message()
-    );
+    assert_refused(&status, Code::FailedPrecondition, "does not match");
 }
 
 #[tokio::test]
@@ -880,10 +876,6 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
     let master = alice.location("master");
     let signed = |object: u8, blocks: &[&[u8]]| {
         manifest(alice.key_id("master"), &alice, alice.key, object, 1, blocks)
-    };
-    let refused = |status: tonic::Status, words: &str| {
-        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-        assert!(status.message().contains(words), "{}", status.message());
     };
 
     // Fragments that do not match the manifest, that it does not list, or
@@ -904,7 +896,7 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
         let status = commit_carrying(&mut client, &alice, &master, signed(1, &[block]), carried)
             .await
             .unwrap_err();
-        refused(status, words);
+        assert_refused(&status, Code::InvalidArgument, words);
     }
     assert_eq!(list(&mut client, &master).await.unwrap(), 0);
     assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 0);
@@ -958,17 +950,7 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
     )
     .await
     .unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::FailedPrecondition,
-        "{}",
-        status.message()
-    );
-    assert!(
-        status.message().contains("already committed"),
-        "{}",
-        status.message()
-    );
+    assert_refused(&status, Code::FailedPrecondition, "already committed");
     assert_eq!(alice.hire(&mut client, 5000).await.unwrap(), 7);
 
     // Carried fragments count against the quota like uploaded ones.
@@ -982,13 +964,7 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
     )
     .await
     .unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::ResourceExhausted,
-        "{}",
-        status.message()
-    );
-    assert!(status.message().contains("quota"), "{}", status.message());
+    assert_refused(&status, Code::ResourceExhausted, "quota");
     assert_eq!(list(&mut client, &master).await.unwrap(), 1);
 }
 
@@ -1033,8 +1009,7 @@ async fn quota_and_capacity_limits_refuse_cleanly() {
     let status = put(&mut client, fragment_ref(&master, 2, 1, 0), &[2; 1500])
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().contains("quota"), "{}", status.message());
+    assert_refused(&status, Code::ResourceExhausted, "quota");
     // Nothing was corrupted.
     assert_eq!(
         get(&mut client, fragment_ref(&master, 1, 1, 0))
