@@ -970,7 +970,6 @@ const MAX_FRAGMENT_BYTES: usize = MAX_BLOCK_SIZE + (1 << 20);
 struct FragmentChunks {
     first: Option<Bytes>,
     joined: Option<BytesMut>,
-    len: usize,
 }
 
 impl FragmentChunks {
@@ -978,11 +977,12 @@ impl FragmentChunks {
     /// only sizes the buffer. `None`, and nothing added, once the
     /// fragment would exceed [`MAX_FRAGMENT_BYTES`].
     fn push(&mut self, chunk: Bytes, expected: usize) -> Option<()> {
-        let len = self.len.saturating_add(chunk.len());
+        let held = self.first.as_ref().map_or(0, Bytes::len)
+            + self.joined.as_ref().map_or(0, BytesMut::len);
+        let len = held.saturating_add(chunk.len());
         if len > MAX_FRAGMENT_BYTES {
             return None;
         }
-        self.len = len;
         match (&mut self.joined, self.first.take()) {
             (Some(joined), _) => joined.extend_from_slice(&chunk),
             (None, None) => self.first = Some(chunk),
