@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use common::id::{IdHost, UserName};
+use supplier::allocator::Tuning;
 use supplier::config::{CONFIG_FILE, Config};
 use supplier::{Supplier, init_data_dir};
 
@@ -140,6 +141,20 @@ fn init(
 }
 
 async fn serve(args: RunArgs) -> Result<()> {
+    match supplier::allocator::tune() {
+        Tuning::Applied => tracing::info!(
+            mmap_threshold = supplier::allocator::MMAP_THRESHOLD,
+            trim_threshold = supplier::allocator::TRIM_THRESHOLD,
+            "allocator tuned"
+        ),
+        Tuning::OperatorSettings => {
+            tracing::info!("allocator: keeping the malloc settings of GLIBC_TUNABLES")
+        }
+        Tuning::Refused => {
+            tracing::warn!("allocator: glibc refused the settings; using its defaults")
+        }
+        Tuning::Unsupported => {}
+    }
     let mut config = match (&args.config, &args.data) {
         (Some(path), _) => Config::load(path)?,
         (None, Some(data)) if data.join(CONFIG_FILE).exists() => {

@@ -133,6 +133,8 @@ fn init_run_with_flags_and_env_then_stop_on_sigterm() {
         .spawn()
         .unwrap();
     let lines = follow(&mut child);
+    let tuned = wait_for(&lines, "allocator tuned");
+    assert_eq!(field(&tuned, "mmap_threshold"), (32 << 20).to_string());
     let metrics = field(&wait_for(&lines, "metrics listening"), "addr");
     let listening = wait_for(&lines, "supplier listening");
     assert!(
@@ -184,4 +186,30 @@ fn bad_configuration_is_refused_with_the_reason() {
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("silt-supplier init"), "{err}");
+}
+
+#[test]
+fn malloc_settings_in_glibc_tunables_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let init = supplier()
+        .args(["init", "--data", data_arg, "--name", "store2"])
+        .args(["--id-server", "127.0.0.1:7700", "--key-size", "2048"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let mut child = supplier()
+        .args(["run", "--data", data_arg, "--listen", "127.0.0.1:0"])
+        .env("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = follow(&mut child);
+    wait_for(&lines, "keeping the malloc settings of GLIBC_TUNABLES");
+    wait_for(&lines, "supplier listening");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
