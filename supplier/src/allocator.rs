@@ -6,8 +6,8 @@
 //! receives fragments of about 1 MiB, and RocksDB (which shares the
 //! allocator) fills memtable arenas of megabytes, so much of that memory
 //! was mapped, zeroed by the kernel, and unmapped again over and over. In a
-//! large upload that was about a tenth of a supplier's CPU (figures in
-//! `docs/design/throughput.md`).
+//! 1 GiB upload that was a sixth to a quarter of the suppliers' CPU, the
+//! most on a fresh supplier (figures in `docs/design/throughput.md`).
 //!
 //! [`tune`] fixes the threshold at [`MMAP_THRESHOLD`] and lets heaps keep up to
 //! [`TRIM_THRESHOLD`] of free memory. An operator who sets any
