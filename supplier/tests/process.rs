@@ -13,6 +13,8 @@ fn supplier() -> Command {
     command
         .env_remove("SILT_SUPPLIER_DATA")
         .env_remove("SILT_SUPPLIER_CONFIG")
+        // The supplier tunes its allocator unless this sets it.
+        .env_remove("GLIBC_TUNABLES")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     command
