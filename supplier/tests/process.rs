@@ -20,8 +20,15 @@ fn supplier() -> Command {
     command
 }
 
-/// Follows a child's stderr on a thread, passing every line on.
-fn follow(child: &mut Child) -> mpsc::Receiver<String> {
+/// Starts `command` logging at info level and follows its stderr on a
+/// thread, passing every line on.
+fn follow(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -32,7 +39,7 @@ fn follow(child: &mut Child) -> mpsc::Receiver<String> {
             }
         }
     });
-    rx
+    (child, rx)
 }
 
 /// Waits for a line containing `needle` and returns it. If none comes, the
@@ -119,22 +126,18 @@ fn init_run_with_flags_and_env_then_stop_on_sigterm() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 
     // The listen address comes from the environment, metrics from a flag.
-    let mut child = supplier()
-        .args([
-            "run",
-            "--data",
-            data_arg,
-            "--metrics",
-            "127.0.0.1:0",
-            "--identity-server",
-        ])
-        .env("SILT_SUPPLIER_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = follow(&mut child);
+    let (mut child, lines) = follow(
+        supplier()
+            .args([
+                "run",
+                "--data",
+                data_arg,
+                "--metrics",
+                "127.0.0.1:0",
+                "--identity-server",
+            ])
+            .env("SILT_SUPPLIER_LISTEN", "127.0.0.1:0"),
+    );
     let tuned = wait_for(&lines, "allocator tuned");
     assert_eq!(field(&tuned, "mmap_threshold"), (32 << 20).to_string());
     let metrics = field(&wait_for(&lines, "metrics listening"), "addr");
@@ -201,15 +204,11 @@ fn malloc_settings_in_glibc_tunables_are_kept() {
         .output()
         .unwrap();
     assert!(init.status.success());
-    let mut child = supplier()
-        .args(["run", "--data", data_arg, "--listen", "127.0.0.1:0"])
-        .env("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = follow(&mut child);
+    let (mut child, lines) = follow(
+        supplier()
+            .args(["run", "--data", data_arg, "--listen", "127.0.0.1:0"])
+            .env("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576"),
+    );
     wait_for(&lines, "keeping the malloc settings of GLIBC_TUNABLES");
     wait_for(&lines, "supplier listening");
     child.kill().unwrap();
