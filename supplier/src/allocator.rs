@@ -30,7 +30,9 @@ pub enum Tuning {
     Applied,
     /// `GLIBC_TUNABLES` sets the allocator: left as the operator chose.
     OperatorSettings,
-    /// glibc refused a setting; the defaults stay.
+    /// glibc refused a setting. The threshold is set first, so a refused
+    /// trim setting leaves the threshold in effect; a refused threshold
+    /// leaves both at glibc's defaults.
     Refused,
     /// Not glibc: nothing to do.
     Unsupported,

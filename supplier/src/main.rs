@@ -151,7 +151,7 @@ async fn serve(args: RunArgs) -> Result<()> {
             tracing::info!("allocator: keeping the malloc settings of GLIBC_TUNABLES")
         }
         Tuning::Refused => {
-            tracing::warn!("allocator: glibc refused the settings; using its defaults")
+            tracing::warn!("allocator: glibc refused a setting and keeps some of its defaults")
         }
         Tuning::Unsupported => {}
     }
