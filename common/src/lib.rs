@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod allocator;
 pub mod atomic_file;
 pub mod audit;
 pub mod crypto;

@@ -164,6 +164,9 @@ pub(crate) fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    // Before the runtime's threads start, so every allocation sees it.
+    let tuning = common::allocator::tune();
+    tracing::debug!(?tuning, "allocator");
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -56,6 +56,7 @@ fn silt_with(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("SILT_PASSPHRASE")
         .env_remove("SILT_PASSPHRASE_FILE")
         .env_remove("RUST_LOG")
+        .env_remove("GLIBC_TUNABLES")
         .stdin(std::process::Stdio::null());
     for (name, value) in env {
         command.env(name, value);
@@ -524,6 +525,25 @@ async fn a_protected_master_key_needs_its_passphrase() {
         &home,
         &["--passphrase-file", pass_arg, "identity", "publish"],
     ));
+}
+
+/// `silt` moves data in blocks and fragments of megabytes; with glibc's
+/// default thresholds each was mapped and zeroed afresh (see
+/// `common::allocator`). A user's own `GLIBC_TUNABLES` wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_allocator_is_tuned_unless_glibc_tunables_sets_it() {
+    let home = tempfile::tempdir().unwrap();
+    let debug = ("RUST_LOG", "debug");
+    let output = silt_with(home.path(), &["key", "list"], &[debug]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tuning=Applied"), "{stderr}");
+
+    let mine = ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536");
+    let output = silt_with(home.path(), &["key", "list"], &[debug, mine]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tuning=OperatorSettings"), "{stderr}");
+    assert!(!stderr.contains("tuning=Applied"), "{stderr}");
 }
 
 #[test]

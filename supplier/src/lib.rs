@@ -10,7 +10,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod allocator;
 pub mod config;
 pub mod grant;
 pub mod metrics;

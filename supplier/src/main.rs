@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
+use common::allocator::Tuning;
 use common::id::{IdHost, UserName};
-use supplier::allocator::Tuning;
 use supplier::config::{CONFIG_FILE, Config};
 use supplier::{Supplier, init_data_dir};
 
@@ -141,10 +141,10 @@ fn init(
 }
 
 async fn serve(args: RunArgs) -> Result<()> {
-    match supplier::allocator::tune() {
+    match common::allocator::tune() {
         Tuning::Applied => tracing::info!(
-            mmap_threshold = supplier::allocator::MMAP_THRESHOLD,
-            trim_threshold = supplier::allocator::TRIM_THRESHOLD,
+            mmap_threshold = common::allocator::MMAP_THRESHOLD,
+            trim_threshold = common::allocator::TRIM_THRESHOLD,
             "allocator tuned"
         ),
         Tuning::OperatorSettings => {

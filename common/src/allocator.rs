@@ -1,23 +1,26 @@
-//! The C allocator's settings for a long-running storage node.
+//! The C allocator's settings for Silt's data path, in both programs.
 //!
 //! By default glibc serves every allocation of 128 KiB or more from a fresh
 //! `mmap` until freed blocks teach it a higher threshold, and it returns the
-//! top of a heap to the kernel as soon as 128 KiB there are free. A supplier
-//! receives fragments of about 1 MiB, and RocksDB (which shares the
-//! allocator) fills memtable arenas of megabytes, so much of that memory
-//! was mapped, zeroed by the kernel, and unmapped again over and over. In a
-//! 1 GiB upload that was a sixth to a quarter of the suppliers' CPU, the
-//! most on a fresh supplier (figures in `docs/design/throughput.md`).
+//! top of a heap to the kernel as soon as 128 KiB there are free. Silt moves
+//! data in pieces of that size and more: a customer seals 4 MiB blocks and
+//! receives 1 MiB fragments, a supplier receives fragments, and RocksDB
+//! (which shares the allocator) fills memtable arenas of megabytes. Much of
+//! that memory was mapped, zeroed by the kernel, and unmapped again over and
+//! over: in a 1 GiB upload a sixth to a quarter of the suppliers' CPU, the
+//! most on a fresh supplier, and 5–10% of the customer's CPU in uploads and
+//! downloads (figures in `docs/design/throughput.md`).
 //!
 //! [`tune`] fixes the threshold at [`MMAP_THRESHOLD`] and lets heaps keep up to
-//! [`TRIM_THRESHOLD`] of free memory. An operator who sets any
-//! `glibc.malloc.*` tunable in `GLIBC_TUNABLES` keeps their own settings.
+//! [`TRIM_THRESHOLD`] of free memory. Whoever sets any `glibc.malloc.*`
+//! tunable in `GLIBC_TUNABLES` keeps their own settings.
 
 use std::ffi::OsStr;
 
 /// Allocations below this come from the heaps, whose memory is reused; only
 /// larger ones are mapped on their own. The ceiling glibc's own dynamic
-/// threshold can reach, far above a fragment or a memtable arena block.
+/// threshold can reach, far above a block, a fragment or a memtable arena
+/// block.
 pub const MMAP_THRESHOLD: usize = 32 << 20;
 
 /// Free memory a heap keeps at its top before returning it to the kernel.
@@ -28,7 +31,8 @@ pub const TRIM_THRESHOLD: usize = 256 << 20;
 pub enum Tuning {
     /// Both settings are in effect.
     Applied,
-    /// `GLIBC_TUNABLES` sets the allocator: left as the operator chose.
+    /// `GLIBC_TUNABLES` sets the allocator: left as the user or operator
+    /// chose.
     OperatorSettings,
     /// glibc refused a setting. The threshold is set first, so a refused
     /// trim setting leaves the threshold in effect; a refused threshold
@@ -39,8 +43,8 @@ pub enum Tuning {
 }
 
 /// Applies [`MMAP_THRESHOLD`] and [`TRIM_THRESHOLD`] to the process's
-/// allocator, unless the operator configured it. Call it once, early; it
-/// affects every allocation of the process, RocksDB's included.
+/// allocator, unless `GLIBC_TUNABLES` configures it. Call it once, early; it
+/// affects every allocation of the process, a C library's included.
 pub fn tune() -> Tuning {
     if operator_tuned(std::env::var_os("GLIBC_TUNABLES").as_deref()) {
         return Tuning::OperatorSettings;
@@ -102,8 +106,8 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn glibc_accepts_both_settings() {
-        // Otherwise the supplier would log a warning at every start and run
-        // with glibc's defaults.
+        // Otherwise both programs would run with glibc's defaults, and the
+        // supplier would log a warning at every start.
         assert_eq!(apply(), Tuning::Applied);
     }
 }
