@@ -18,6 +18,12 @@ pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_POSITIONS: u32 = 64;
 const MAX_WRAPPED_KEY: usize = 1024;
 const MAX_SEALED_METADATA: usize = 64 * 1024;
+/// Largest version number: leaves room for a next one.
+pub const MAX_VERSION: u64 = u64::MAX / 2;
+/// Largest fragment a manifest may describe (4 GiB). Far above any block
+/// size the customer makes, and small enough that sizes summed over a
+/// manifest's blocks and positions cannot overflow.
+pub const MAX_FRAGMENT_SIZE: u64 = 1 << 32;
 
 /// Why a manifest was refused.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +186,16 @@ impl Manifest {
         self.scheme.check()?;
         if self.version == 0 {
             return Err(ManifestError::Invalid("version must be at least 1"));
+        }
+        if self.version > MAX_VERSION {
+            return Err(ManifestError::Invalid("version number is too large"));
+        }
+        if self
+            .blocks
+            .iter()
+            .any(|b| b.fragment_size > MAX_FRAGMENT_SIZE)
+        {
+            return Err(ManifestError::Invalid("a fragment is too large"));
         }
         if self.wrapped_file_key.len() > MAX_WRAPPED_KEY {
             return Err(ManifestError::Invalid("wrapped file key is too large"));
@@ -435,5 +451,15 @@ mod tests {
         let mut bad = manifest();
         bad.version = 0;
         assert!(SignedManifest::sign(&bad, &SHARE, &WRITER).is_err());
+        let mut bad = manifest();
+        bad.version = u64::MAX;
+        assert!(SignedManifest::sign(&bad, &SHARE, &WRITER).is_err());
+        let mut bad = manifest();
+        bad.blocks[0].fragment_size = MAX_FRAGMENT_SIZE + 1;
+        assert!(SignedManifest::sign(&bad, &SHARE, &WRITER).is_err());
+        // The same checks apply to what a peer sends, before any signature.
+        let mut wire = manifest().to_proto();
+        wire.version = u64::MAX;
+        assert!(Manifest::try_from(wire).is_err());
     }
 }
