@@ -46,7 +46,8 @@ pub struct Config {
     pub max_fragment: ByteSize,
     /// Versions of each object kept.
     pub keep_versions: usize,
-    /// Staged fragments no manifest claims are deleted after this long.
+    /// Staged fragments no manifest claims are deleted this long after the
+    /// last fragment of their version arrived.
     #[serde(with = "humantime_serde")]
     pub staged_ttl: Duration,
     /// How often staged fragments are collected.

@@ -348,6 +348,12 @@ struct PayloadBatch {
 }
 
 /// The owner a customer key starts with.
+/// A staged fragment's key and size.
+type Unclaimed = (Box<[u8]>, u64);
+
+/// The bytes a fragment key adds to its version's key: block and position.
+const FRAGMENT_SUFFIX: usize = 8 + 4;
+
 fn owner_of(key: &[u8]) -> Result<NodeId, StoreError> {
     NodeId::from_slice(key.get(..32).unwrap_or_default())
         .map_err(|e| StoreError::Damaged(e.to_string()))
@@ -363,6 +369,9 @@ pub struct Page {
     pub manifests: Vec<Vec<u8>>,
     /// The key of the last manifest returned, to resume after.
     pub last: Option<Vec<u8>>,
+    /// Whether the page stopped at its count or size limit, so that more
+    /// may follow `last`.
+    pub more: bool,
 }
 
 /// A message waiting in a mailbox.
@@ -1202,21 +1211,23 @@ impl Store {
         Ok(removed)
     }
 
-    /// Committed manifests of a location (or of one object in it), in key
-    /// order, starting after the manifest key `after`, at most `limit`.
-    /// Returns the manifests and the last key returned.
+    /// A page of a location's manifests (or of one object's), in key
+    /// order, after the key `after`: at most `limit` of them and, unless the
+    /// first alone is larger, at most `max_bytes` in all.
     pub fn manifests(
         &self,
         location: &[u8],
         object_id: Option<&[u8; 32]>,
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Page, StoreError> {
         let prefix = match object_id {
             Some(object_id) => keys::object(location, object_id),
             None => location.to_vec(),
         };
-        let mut out = Vec::new();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0usize;
         let mut last = None;
         for item in self.scan(Cf::Manifests, &prefix, after)? {
             let (key, value) = item?;
@@ -1226,36 +1237,64 @@ impl Store {
             // A location prefix also matches longer aliases that start the
             // same way only if the length byte matched, so every key here is
             // in this location.
+            if out.len() >= limit || (!out.is_empty() && bytes + value.len() > max_bytes) {
+                return Ok(Page {
+                    manifests: out,
+                    last,
+                    more: true,
+                });
+            }
+            bytes += value.len();
             out.push(value.into_vec());
             last = Some(key.into_vec());
-            if out.len() >= limit {
-                break;
-            }
         }
         Ok(Page {
             manifests: out,
             last,
+            more: false,
         })
     }
 
-    /// Deletes staged fragments older than `staged_before` (Unix seconds)
-    /// that no manifest claimed. Returns how many and the bytes freed.
+    /// Deletes the staged fragments that no manifest claimed of every
+    /// version none of whose fragments was staged at or after
+    /// `staged_before` (Unix seconds). An upload still sending keeps all of
+    /// its version's fragments, however long it has been running; an
+    /// abandoned one is collected a timeout after its last fragment.
+    /// Returns how many and the bytes freed.
     pub fn collect_staged(&self, staged_before: i64) -> Result<(usize, u64), StoreError> {
         let mut ledger = self.lock();
-        let mut batch = WriteBatch::default();
-        let mut freed_by: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut count = 0;
+        // Version key (a fragment key without block and position) → newest
+        // staging time, and the uncommitted fragments with their sizes.
+        let mut versions: BTreeMap<Box<[u8]>, (i64, Vec<Unclaimed>)> = BTreeMap::new();
         for item in self.scan(Cf::FragmentMeta, &[], None)? {
             let (key, value) = item?;
             let meta = FragmentMeta::decode(&*value)?;
-            if meta.committed || meta.staged_unix >= staged_before {
+            if meta.committed {
                 continue;
             }
-            let owner = owner_of(&key)?;
-            *freed_by.entry(owner).or_default() += meta.size;
-            batch.delete_cf(self.cf(Cf::FragmentMeta)?, &key);
-            batch.delete_cf(self.cf(Cf::Fragments)?, &key);
-            count += 1;
+            let version = key
+                .get(..key.len().saturating_sub(FRAGMENT_SUFFIX))
+                .unwrap_or_default();
+            let entry = versions
+                .entry(version.into())
+                .or_insert_with(|| (i64::MIN, Vec::new()));
+            entry.0 = entry.0.max(meta.staged_unix);
+            entry.1.push((key, meta.size));
+        }
+        let mut batch = WriteBatch::default();
+        let mut freed_by: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut count = 0;
+        for (newest, fragments) in versions.into_values() {
+            if newest >= staged_before {
+                continue;
+            }
+            for (key, size) in fragments {
+                let owner = owner_of(&key)?;
+                *freed_by.entry(owner).or_default() += size;
+                batch.delete_cf(self.cf(Cf::FragmentMeta)?, &key);
+                batch.delete_cf(self.cf(Cf::Fragments)?, &key);
+                count += 1;
+            }
         }
         let mut total = 0;
         let mut released = 0;
@@ -1292,6 +1331,16 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Fragments)?, key, payload);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
+        self.write(batch)
+    }
+
+    /// Replaces a stored manifest's bytes, as a faulty or malicious
+    /// supplier would. Only for tests of the customer's checks.
+    #[cfg(feature = "test-utils")]
+    pub fn danger_replace_manifest(&self, key: &[u8], manifest: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Manifests)?, key, manifest);
         self.write(batch)
     }
 
@@ -1495,11 +1544,14 @@ mod tests {
         );
 
         assert_eq!(store.fragment(&a).unwrap().unwrap().payload, vec![1; 300]);
-        let page = store.manifests(&location, None, None, 10).unwrap();
+        let page = store
+            .manifests(&location, None, None, 10, usize::MAX)
+            .unwrap();
         assert_eq!(page.manifests, vec![b"manifest-1".to_vec()]);
         assert!(page.last.is_some());
+        assert!(!page.more);
         let next = store
-            .manifests(&location, None, page.last.as_deref(), 10)
+            .manifests(&location, None, page.last.as_deref(), 10, usize::MAX)
             .unwrap();
         assert!(next.manifests.is_empty());
 
@@ -1543,9 +1595,63 @@ mod tests {
                 assert_eq!(removed.versions, vec![version - 3]);
             }
         }
-        let page = store.manifests(&location, Some(&object), None, 10).unwrap();
+        let page = store
+            .manifests(&location, Some(&object), None, 10, usize::MAX)
+            .unwrap();
         assert_eq!(page.manifests, vec![vec![3], vec![4], vec![5]]);
         assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 30);
+    }
+
+    #[test]
+    fn manifest_pages_are_bounded_in_count_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = node(1);
+        store.hire(&owner, "alice@id-a", b"key", GIB, GIB).unwrap();
+        let location = keys::location(&owner, "master");
+        // Five objects whose manifests are 10, 10, 40, 10 and 10 bytes.
+        for (n, size) in [10, 10, 40, 10, 10].into_iter().enumerate() {
+            let object = [n as u8; 32];
+            let key = keys::fragment(&location, &object, 1, 0, 0);
+            store.stage(&owner, &key, &[1], hash(&[1]), GIB).unwrap();
+            store
+                .commit(&Commit {
+                    owner,
+                    location: location.clone(),
+                    object_id: object,
+                    version: 1,
+                    manifest: vec![n as u8; size],
+                    fragments: vec![(0, 0, hash(&[1]))],
+                    keep_versions: 3,
+                })
+                .unwrap()
+                .unwrap();
+        }
+        let mut sizes = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .manifests(&location, None, after.as_deref(), 1000, 25)
+                .unwrap();
+            sizes.push(page.manifests.iter().map(Vec::len).collect::<Vec<_>>());
+            if !page.more {
+                break;
+            }
+            after = page.last;
+        }
+        // Within 25 bytes, except a manifest larger than that, alone.
+        assert_eq!(sizes, vec![vec![10, 10], vec![40], vec![10, 10]]);
+
+        let page = store
+            .manifests(&location, None, None, 5, usize::MAX)
+            .unwrap();
+        assert_eq!(page.manifests.len(), 5);
+        assert!(!page.more, "nothing follows the fifth");
+        let page = store
+            .manifests(&location, None, None, 4, usize::MAX)
+            .unwrap();
+        assert_eq!(page.manifests.len(), 4);
+        assert!(page.more);
     }
 
     #[test]
@@ -1596,6 +1702,61 @@ mod tests {
         assert_eq!(store.contract(&owner).unwrap(), None);
         assert_eq!(store.customer("alice@id-a").unwrap(), None);
         assert_eq!(store.fragment_meta(&key).unwrap(), None);
+    }
+
+    /// Moves a staged fragment's staging time `seconds` into the past.
+    fn age_staged(store: &Store, key: &[u8], seconds: i64) {
+        let mut meta = store.fragment_meta(key).unwrap().unwrap();
+        meta.staged_unix -= seconds;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            store.cf(Cf::FragmentMeta).unwrap(),
+            key,
+            meta.encode_to_vec(),
+        );
+        store.write(batch).unwrap();
+    }
+
+    #[test]
+    fn a_version_still_being_staged_keeps_its_oldest_fragments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = node(1);
+        store.hire(&owner, "alice@id-a", b"k", GIB, GIB).unwrap();
+        let location = keys::location(&owner, "master");
+        // A long upload: its first block was staged two hours ago, its
+        // latest just now.
+        let first = keys::fragment(&location, &[1; 32], 1, 0, 0);
+        let latest = keys::fragment(&location, &[1; 32], 1, 900, 0);
+        // An abandoned upload of another version, and of another object.
+        let abandoned = keys::fragment(&location, &[1; 32], 2, 0, 0);
+        let other = keys::fragment(&location, &[2; 32], 1, 0, 0);
+        for key in [&first, &latest, &abandoned, &other] {
+            store
+                .stage(&owner, key, &[5; 50], hash(&[5; 50]), GIB)
+                .unwrap();
+        }
+        for key in [&first, &abandoned, &other] {
+            age_staged(&store, key, 7200);
+        }
+        assert_eq!(
+            store.collect_staged(common::unix_now() - 3600).unwrap(),
+            (2, 100)
+        );
+        assert!(store.fragment_meta(&first).unwrap().is_some());
+        assert!(store.fragment_meta(&latest).unwrap().is_some());
+        assert_eq!(store.fragment_meta(&abandoned).unwrap(), None);
+        assert_eq!(store.fragment_meta(&other).unwrap(), None);
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 100);
+
+        // Once the upload stops, the whole version goes.
+        age_staged(&store, &latest, 7200);
+        assert_eq!(
+            store.collect_staged(common::unix_now() - 3600).unwrap(),
+            (2, 100)
+        );
+        assert_eq!(store.fragment_meta(&first).unwrap(), None);
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 0);
     }
 
     /// What `usage()` should say, computed from the database.

@@ -82,6 +82,10 @@ impl Default for StorageLimits {
 const READ_CHUNK: usize = 8 << 20;
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
+/// Manifest bytes in one `ListManifests` page, unless its one manifest is
+/// larger: a customer accepts messages of up to 21 MiB, and a manifest may be
+/// up to 16 MiB.
+const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const MAX_ENVELOPE: usize = 64 * 1024;
 
 /// An event for the subscribers of a location (identified by its key).
@@ -910,9 +914,17 @@ impl StorageService {
         } as usize;
         let key = location.key.clone();
         let page = self
-            .run(move |store| store.manifests(&key, object.as_ref(), after.as_deref(), limit))
+            .run(move |store| {
+                store.manifests(
+                    &key,
+                    object.as_ref(),
+                    after.as_deref(),
+                    limit,
+                    MAX_PAGE_BYTES,
+                )
+            })
             .await?;
-        let full_page = page.manifests.len() == limit;
+        let more = page.more;
         let last = page.last;
         let manifests = page
             .manifests
@@ -924,7 +936,7 @@ impl StorageService {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ListManifestsResponse {
             manifests,
-            next_page_token: if full_page {
+            next_page_token: if more {
                 last.unwrap_or_default()
             } else {
                 Vec::new()
