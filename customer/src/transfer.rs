@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use proto::storage::v1::{
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::warn;
 
 use crate::pipeline::{
     Decoder, EncodeParams, EncodedBlock, Encoder, FileMetadata, MAX_BLOCK_SIZE, NormalPath,
@@ -133,6 +135,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     }
 }
 
+/// Most manifests one supplier may list for one location.
+const MAX_LISTED: usize = 1_000_000;
+
 /// A verified version of an object.
 #[derive(Debug, Clone)]
 pub struct Version {
@@ -142,6 +147,33 @@ pub struct Version {
     pub signed: SignedManifest,
     /// Positions that hold it.
     pub positions: Vec<u32>,
+}
+
+impl Version {
+    /// Whether enough of the positions that answered hold it to rebuild it.
+    /// A version whose commit reached fewer than `k` suppliers is not.
+    pub fn readable(&self) -> bool {
+        self.positions.len() >= self.manifest.scheme.data as usize
+    }
+}
+
+/// The version of one object to show and fetch by default: the newest that
+/// can be read now, or, if none can, the newest (whose download then names
+/// the missing positions). A newer version that reached too few suppliers
+/// (a partial commit) does not hide an older one that is whole.
+pub fn newest<'a>(versions: impl IntoIterator<Item = &'a Version>) -> Option<&'a Version> {
+    let mut newest: Option<&Version> = None;
+    let mut readable: Option<&Version> = None;
+    for version in versions {
+        let number = version.manifest.version;
+        if newest.is_none_or(|n| number > n.manifest.version) {
+            newest = Some(version);
+        }
+        if version.readable() && readable.is_none_or(|n| number > n.manifest.version) {
+            readable = Some(version);
+        }
+    }
+    readable.or(newest)
 }
 
 /// A file in a catalog listing.
@@ -205,7 +237,7 @@ impl Session {
                     let mut request = tonic::Request::new(ListManifestsRequest {
                         location: Some(location.clone()),
                         object_id: object.map(|o| o.0.to_vec()).unwrap_or_default(),
-                        page_token: token,
+                        page_token: token.clone(),
                         page_size: 1000,
                     });
                     request.set_timeout(CALL_TIMEOUT);
@@ -214,9 +246,19 @@ impl Session {
                         .await
                         .map_err(|s| status_error(position, &addr, &s))?
                         .into_inner();
+                    let empty = page.manifests.is_empty();
                     all.extend(page.manifests);
                     if page.next_page_token.is_empty() {
                         break;
+                    }
+                    // Tokens are manifest keys, in order: one that does not
+                    // move forward, or an empty page that promises more,
+                    // would never end.
+                    if empty || page.next_page_token <= token || all.len() > MAX_LISTED {
+                        return Err(SessionError::Refused {
+                            position,
+                            message: "its manifest listing does not end".into(),
+                        });
                     }
                     token = page.next_page_token;
                 }
@@ -249,40 +291,84 @@ impl Session {
             return Err(e.into());
         }
         unreachable.sort_unstable();
-        let mut writers: HashMap<UserId, common::crypto::PublicKey> = HashMap::new();
+        // A manifest that fails its checks is left out, so that one bad
+        // supplier or writer cannot hide the rest; if nothing else is left,
+        // the listing fails with the first reason.
+        let mut writers: HashMap<UserId, Option<common::crypto::PublicKey>> = HashMap::new();
         let mut out = BTreeMap::new();
+        let mut first_bad = None;
         for (_, (wire, mut positions)) in bodies {
-            let position = positions.first().copied().unwrap_or(0);
-            let bad = |reason: String| TransferError::BadManifest { position, reason };
-            let signed = SignedManifest::from_proto(wire).map_err(|e| bad(e.to_string()))?;
-            let manifest = signed
-                .verify_location(&keys.public)
-                .map_err(|e| bad(e.to_string()))?;
-            let writer = match writers.get(&manifest.writer) {
-                Some(key) => key.clone(),
-                None => {
-                    let key = self.master_key_of(&manifest.writer).await?;
-                    writers.insert(manifest.writer.clone(), key.clone());
-                    key
-                }
-            };
-            signed
-                .verify_writer(&writer)
-                .map_err(|e| bad(e.to_string()))?;
-            if manifest.location != keys.key_id {
-                return Err(bad("it is for another location".into()));
-            }
             positions.sort_unstable();
-            out.insert(
-                (manifest.object_id, manifest.version),
-                Version {
-                    manifest,
-                    signed,
-                    positions,
-                },
-            );
+            match self
+                .check_manifest(keys, wire, &positions, &mut writers)
+                .await
+            {
+                Ok((manifest, signed)) => {
+                    out.insert(
+                        (manifest.object_id, manifest.version),
+                        Version {
+                            manifest,
+                            signed,
+                            positions,
+                        },
+                    );
+                }
+                Err(e) => {
+                    warn!("left out of the listing: {e}");
+                    first_bad.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_bad
+            && out.is_empty()
+        {
+            return Err(e);
         }
         Ok((out, unreachable))
+    }
+
+    /// Checks one listed manifest: its encoding, the location's signature,
+    /// the writer's, and that it is for this location. `writers` caches the
+    /// writers' keys (`None`: could not be resolved).
+    async fn check_manifest(
+        &self,
+        keys: &LocationKeys,
+        wire: proto::storage::v1::SignedManifest,
+        positions: &[u32],
+        writers: &mut HashMap<UserId, Option<common::crypto::PublicKey>>,
+    ) -> Result<(Manifest, SignedManifest), TransferError> {
+        let position = positions.first().copied().unwrap_or(0);
+        let bad = |reason: String| TransferError::BadManifest { position, reason };
+        let signed = SignedManifest::from_proto(wire).map_err(|e| bad(e.to_string()))?;
+        let manifest = signed
+            .verify_location(&keys.public)
+            .map_err(|e| bad(e.to_string()))?;
+        if manifest.location != keys.key_id {
+            return Err(bad("it is for another location".into()));
+        }
+        let writer = match writers.get(&manifest.writer) {
+            Some(Some(key)) => key.clone(),
+            Some(None) => {
+                return Err(bad(format!(
+                    "the key of its writer {} is unknown",
+                    manifest.writer
+                )));
+            }
+            None => match self.master_key_of(&manifest.writer).await {
+                Ok(key) => {
+                    writers.insert(manifest.writer.clone(), Some(key.clone()));
+                    key
+                }
+                Err(e) => {
+                    writers.insert(manifest.writer.clone(), None);
+                    return Err(e.into());
+                }
+            },
+        };
+        signed
+            .verify_writer(&writer)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok((manifest, signed))
     }
 
     /// Uploads one local file as a new version of `path`.
@@ -497,17 +583,37 @@ impl Session {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "download".into());
         let tmp = dir.join(format!(".{name}.silt-{:016x}.part", rand::random::<u64>()));
-        let result = self
-            .download_blocks(
+        // The plaintext is readable by the user alone while it is written;
+        // the finished file gets the mode of the file it replaces, or what
+        // the user's umask gives a new file.
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        let result = async {
+            let created = file.metadata().map_err(io_err(&tmp))?.permissions();
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err(&tmp))?;
+            let permissions = match std::fs::metadata(dest) {
+                Ok(existing) => existing.permissions(),
+                Err(_) => created,
+            };
+            self.download_blocks(
                 keys,
                 version,
                 &mut decoder,
+                file,
                 &tmp,
                 unreachable,
                 &path_text,
                 progress,
             )
-            .await;
+            .await?;
+            std::fs::set_permissions(&tmp, permissions).map_err(io_err(&tmp))?;
+            Ok(())
+        }
+        .await;
         match result {
             Ok(()) => {
                 let metadata = decoder.finish()?;
@@ -527,19 +633,13 @@ impl Session {
         keys: &LocationKeys,
         version: &Version,
         decoder: &mut Decoder,
+        file: File,
         tmp: &Path,
         unreachable: &[u32],
         path: &str,
         progress: Progress,
     ) -> Result<(), TransferError> {
-        let mut file = std::io::BufWriter::with_capacity(
-            1 << 20,
-            File::options()
-                .write(true)
-                .create_new(true)
-                .open(tmp)
-                .map_err(io_err(tmp))?,
-        );
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         // Written blocks are synced behind the writes, so that the final
         // sync finds little left to write.
         let mut unsynced = 0u64;
@@ -752,21 +852,23 @@ pub fn catalog(
     keys: &LocationKeys,
     versions: &BTreeMap<(ObjectId, u64), Version>,
 ) -> Result<Vec<Listed>, TransferError> {
-    let mut newest: BTreeMap<ObjectId, (&Version, Vec<u64>)> = BTreeMap::new();
-    for ((object, number), version) in versions {
-        let slot = newest.entry(*object).or_insert((version, Vec::new()));
-        slot.1.push(*number);
-        if version.manifest.version > slot.0.manifest.version {
-            slot.0 = version;
-        }
+    let mut objects: BTreeMap<ObjectId, Vec<&Version>> = BTreeMap::new();
+    for ((object, _), version) in versions {
+        objects.entry(*object).or_default().push(version);
     }
-    let newest: Vec<(&Version, Vec<u64>)> = newest.into_values().collect();
+    let latest: Vec<(&Version, Vec<u64>)> = objects
+        .into_values()
+        .filter_map(|all| {
+            let numbers = all.iter().map(|v| v.manifest.version).collect();
+            newest(all).map(|chosen| (chosen, numbers))
+        })
+        .collect();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
-    let chunk = newest.len().div_ceil(threads).max(1);
+    let chunk = latest.len().div_ceil(threads).max(1);
     let decoded: Vec<Result<Listed, TransferError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = newest
+        let handles: Vec<_> = latest
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
@@ -1010,7 +1112,7 @@ pub fn next_versions(versions: &BTreeMap<(ObjectId, u64), Version>) -> HashMap<O
     let mut next = HashMap::new();
     for (object, version) in versions.keys() {
         let slot = next.entry(*object).or_insert(1);
-        *slot = (*slot).max(version + 1);
+        *slot = (*slot).max(version.saturating_add(1));
     }
     next
 }

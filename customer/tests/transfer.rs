@@ -9,7 +9,8 @@ use customer::home::{Home, InitOptions};
 use customer::pipeline::NormalPath;
 use customer::session::{LocationKeys, Session};
 use customer::suppliers::SupplierSet;
-use customer::transfer::{Progress, TransferError, catalog, next_versions};
+use customer::transfer::{Progress, TransferError, catalog, newest, next_versions};
+use prost::Message;
 use supplier::store::{Store, keys};
 use supplier::{Config, Supplier};
 use tempfile::TempDir;
@@ -119,10 +120,7 @@ impl Net {
         let (versions, unreachable) = self.session.versions(&self.keys, Some(object)).await?;
         let chosen = match version {
             Some(v) => versions.get(&(object, v)).cloned(),
-            None => versions
-                .values()
-                .max_by_key(|v| v.manifest.version)
-                .cloned(),
+            None => newest(versions.values()).cloned(),
         }
         .ok_or_else(|| TransferError::NotFound(name.into()))?;
         let dest = self
@@ -420,4 +418,137 @@ async fn an_upload_names_the_supplier_it_cannot_reach() {
     assert!(err.contains("position 1"), "{err}");
     assert!(err.contains(&net.addrs[1].to_string()), "{err}");
     assert!(err.contains("unreachable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_committed_on_too_few_suppliers_does_not_hide_the_last_whole_one() {
+    let mut net = Net::start(4, "2+2", SMALL_BLOCK).await;
+    net.put("plan.txt", b"version one, on every supplier").await;
+    for position in [1, 2, 3] {
+        net.stop(position).await;
+    }
+    let local = net.file("plan-2", b"version two, on one supplier");
+    let err = net
+        .session
+        .upload(
+            &net.keys,
+            &local,
+            &NormalPath::new("plan.txt").unwrap(),
+            2,
+            no_progress(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransferError::PartialCommit {
+                committed: 1,
+                total: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for position in [1, 2, 3] {
+        net.restart(position).await;
+    }
+
+    // Version 2 is on one supplier, version 1 on all four: the default is
+    // the newest version that can be read, and it reads.
+    let (versions, unreachable) = net.session.versions(&net.keys, None).await.unwrap();
+    assert!(unreachable.is_empty(), "{unreachable:?}");
+    let object = net.object("plan.txt");
+    assert_eq!(versions[&(object, 2)].positions, vec![0]);
+    assert!(!versions[&(object, 2)].readable());
+    assert!(versions[&(object, 1)].readable());
+    let listed = catalog(&net.keys, &versions).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].entry.version, 1);
+    assert_eq!(listed[0].entry.versions, vec![1, 2]);
+    assert_eq!(
+        net.get("plan.txt", None).await.unwrap(),
+        b"version one, on every supplier"
+    );
+    // Asked for by number, the partial version fails and says why.
+    let err = net.get("plan.txt", Some(2)).await.unwrap_err().to_string();
+    assert!(err.contains("position"), "{err}");
+    // The next upload still goes after the highest number seen.
+    assert_eq!(next_versions(&versions)[&object], 3);
+    assert_eq!(net.put("plan.txt", b"version three").await, 3);
+    assert_eq!(net.get("plan.txt", None).await.unwrap(), b"version three");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_manifest_is_left_out_and_hides_nothing_else() {
+    let mut net = Net::start(2, "1+1", SMALL_BLOCK).await;
+    net.put("kept.txt", b"intact").await;
+    net.put("tampered.txt", b"altered on the suppliers").await;
+
+    // Both suppliers now hold a manifest for tampered.txt whose body was
+    // changed after it was signed.
+    let owner = net.session.master().public_key().node_id();
+    let location = keys::location(&owner, "master");
+    let object = net.object("tampered.txt");
+    for position in [0, 1] {
+        net.stop(position).await;
+        let store = Store::open(&supplier::db_dir(net.dirs[position].path())).unwrap();
+        let raw = store
+            .manifests(&location, Some(&object.0), None, 10, usize::MAX)
+            .unwrap()
+            .manifests
+            .remove(0);
+        let mut signed = proto::storage::v1::SignedManifest::decode(raw.as_slice()).unwrap();
+        let last = signed.body.len() - 1;
+        signed.body[last] ^= 1;
+        store
+            .danger_replace_manifest(
+                &keys::manifest(&location, &object.0, 1),
+                &signed.encode_to_vec(),
+            )
+            .unwrap();
+        drop(store);
+        net.restart(position).await;
+    }
+
+    let (versions, _) = net.session.versions(&net.keys, None).await.unwrap();
+    let listed = catalog(&net.keys, &versions).unwrap();
+    let paths: Vec<_> = listed.iter().map(|l| l.entry.path.as_str()).collect();
+    assert_eq!(paths, vec!["kept.txt"]);
+    assert_eq!(net.get("kept.txt", None).await.unwrap(), b"intact");
+    // Asked for alone, the tampered file names the problem.
+    let err = net.get("tampered.txt", None).await.unwrap_err();
+    assert!(matches!(err, TransferError::BadManifest { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_keeps_the_mode_of_the_file_it_replaces() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Net::start(2, "1+1", SMALL_BLOCK).await;
+    net.put("diary.txt", b"private").await;
+    let object = net.object("diary.txt");
+    let (versions, _) = net.session.versions(&net.keys, Some(object)).await.unwrap();
+    let version = newest(versions.values()).unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    // A new file gets what the umask gives any new file here.
+    let fresh = net.work.path().join("fresh");
+    std::fs::write(&fresh, b"").unwrap();
+    let new = net.work.path().join("new.txt");
+    net.session
+        .download(&net.keys, version, &new, &[], no_progress())
+        .await
+        .unwrap();
+    assert_eq!(mode(&new), mode(&fresh));
+
+    // A replaced file keeps its mode.
+    let existing = net.work.path().join("existing.txt");
+    std::fs::write(&existing, b"old").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+    net.session
+        .download(&net.keys, version, &existing, &[], no_progress())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&existing).unwrap(), b"private");
+    assert_eq!(mode(&existing), 0o640);
 }

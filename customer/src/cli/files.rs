@@ -9,7 +9,7 @@ use common::manifest::ObjectId;
 use customer::pipeline::NormalPath;
 use customer::remote::RemotePath;
 use customer::session::Session;
-use customer::transfer::{Progress, catalog, next_versions};
+use customer::transfer::{Progress, catalog, newest, next_versions};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -165,10 +165,20 @@ pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Re
         let (versions, unreachable) = session.versions(&keys, Some(object)).await?;
         let chosen = match target.version {
             Some(v) => versions.get(&(object, v)).cloned(),
-            None => versions
-                .values()
-                .max_by_key(|v| v.manifest.version)
-                .cloned(),
+            None => {
+                let chosen = newest(versions.values()).cloned();
+                if let Some(chosen) = &chosen
+                    && let Some(last) = versions.values().map(|v| v.manifest.version).max()
+                    && last > chosen.manifest.version
+                {
+                    ctx.out.warn(format_args!(
+                        "{}: version {last} reached too few suppliers to be read; \
+                         fetching version {}",
+                        target.path, chosen.manifest.version
+                    ));
+                }
+                chosen
+            }
         };
         match (chosen, target.version) {
             (Some(version), _) => Some((normal, version, unreachable)),
@@ -199,7 +209,7 @@ pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Re
             .manifest
             .blocks
             .iter()
-            .map(|b| b.fragment_size * data)
+            .map(|b| b.fragment_size.saturating_mul(data))
             .sum::<u64>();
         let (report, bar) = progress(ctx, size, "get");
         let metadata = session
