@@ -77,6 +77,17 @@ impl StoredRecords {
         };
         decode(&bytes, now_unix)
     }
+
+    /// Records held, expired ones included until [`RecordStore::expire`]
+    /// removes them.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no records are held.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 fn store_error(e: crate::store::StoreError) -> Error {
@@ -111,17 +122,28 @@ impl RecordStore for StoredRecords {
 
     fn put(&mut self, record: Record, now_unix: i64) -> Result<PutOutcome, Error> {
         let key = record.key().to_string();
-        let stored = self.load(&key, now_unix)?;
+        let held = self.store.record(&key).map_err(store_error)?;
+        let stored = match &held {
+            Some(bytes) => decode(bytes, now_unix)?,
+            None => None,
+        };
         let outcome = check_replacement(stored.as_ref(), &record, now_unix)?;
         if outcome == PutOutcome::Unchanged {
             return Ok(outcome);
         }
-        if stored.is_none() && self.store.records().map_err(store_error)?.len() >= self.cap {
-            return Err(Error::StoreFull { max: self.cap });
+        if held.is_none() && self.count >= self.cap {
+            // Expired records still count until removed: make room first.
+            self.expire(now_unix)?;
+            if self.count >= self.cap {
+                return Err(Error::StoreFull { max: self.cap });
+            }
         }
         self.store
             .put_record(&key, &encode(&record))
             .map_err(store_error)?;
+        if held.is_none() {
+            self.count += 1;
+        }
         Ok(outcome)
     }
 
@@ -130,6 +152,9 @@ impl RecordStore for StoredRecords {
             .store
             .remove_record(&key.to_string())
             .map_err(store_error)?;
+        if old.is_some() {
+            self.count = self.count.saturating_sub(1);
+        }
         Ok(old.and_then(|bytes| decode(&bytes, common::unix_now()).ok().flatten()))
     }
 
@@ -209,5 +234,63 @@ mod tests {
         assert!(records.get(&record_key, now + 61).unwrap().is_none());
         assert_eq!(records.expire(now + 61).unwrap(), 1);
         assert!(records.records(now).unwrap().is_empty());
+    }
+
+    fn identity_record(name: &str, key: &PrivateKey, expires: i64) -> Record {
+        let user: common::id::UserId = format!("{name}@id-a").parse().unwrap();
+        let identity = SignedIdentity::sign(
+            IdentityDocument {
+                user_id: user.clone(),
+                master_key: key.public_key().clone(),
+                endpoints: vec![],
+                revision: 1,
+                created_unix: 1,
+            },
+            key,
+        )
+        .unwrap();
+        let envelope = Record::seal(
+            key,
+            &RecordKey::identity(user),
+            1,
+            expires,
+            identity.to_proto().encode_to_vec(),
+        )
+        .unwrap();
+        Record::verify(envelope.to_proto(), common::unix_now(), None).unwrap()
+    }
+
+    #[test]
+    fn the_cap_counts_held_records_and_expired_ones_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate(2048).unwrap();
+        let now = common::unix_now();
+        let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 2);
+        records
+            .put(identity_record("alice", &key, now + 30), now)
+            .unwrap();
+        let bob = identity_record("bob", &key, now + 600);
+        records.put(bob.clone(), now).unwrap();
+        assert_eq!(records.len(), 2);
+        // A record already held needs no room.
+        assert_eq!(records.put(bob, now).unwrap(), PutOutcome::Unchanged);
+        assert!(matches!(
+            records.put(identity_record("carol", &key, now + 600), now),
+            Err(Error::StoreFull { max: 2 })
+        ));
+        assert_eq!(records.len(), 2);
+        // Once alice's record has expired, carol's takes its place.
+        records
+            .put(identity_record("carol", &key, now + 600), now + 60)
+            .unwrap();
+        assert_eq!(records.len(), 2);
+        records
+            .remove(&RecordKey::identity("bob@id-a".parse().unwrap()))
+            .unwrap();
+        assert_eq!(records.len(), 1);
+        // The count is read back on open.
+        drop(records);
+        let records = StoredRecords::new(Store::open(dir.path()).unwrap(), 2);
+        assert_eq!(records.len(), 1);
     }
 }
