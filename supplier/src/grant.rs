@@ -191,6 +191,22 @@ impl Grants {
         }
     }
 
+    /// Whether `connection` holds a live grant for `location` at `epoch`,
+    /// without dropping a grant that does not match (a subscription made
+    /// under an old epoch must not cost a fresh grant).
+    pub fn holds(
+        &self,
+        connection: ConnectionId,
+        location: &[u8],
+        epoch: u64,
+        now: Instant,
+    ) -> bool {
+        self.state()
+            .grants
+            .get(&(connection, location.to_vec()))
+            .is_some_and(|grant| grant.expires > now && grant.epoch == epoch)
+    }
+
     /// Drops every grant and nonce for `location` (its key changed).
     pub fn revoke(&self, location: &[u8]) {
         let mut state = self.state();
@@ -269,8 +285,14 @@ mod tests {
         grants.grant(C1, b"loc".to_vec(), 3, now);
         assert!(!grants.is_granted(C1, b"loc", 4, now));
         grants.grant(C1, b"loc".to_vec(), 4, now);
+        // A subscription's check under an old epoch leaves the new grant.
+        assert!(!grants.holds(C1, b"loc", 3, now));
+        assert!(grants.holds(C1, b"loc", 4, now));
+        assert!(!grants.holds(C1, b"loc", 4, now + Duration::from_secs(301)));
+        assert!(grants.is_granted(C1, b"loc", 4, now));
         grants.revoke(b"loc");
         assert!(!grants.is_granted(C1, b"loc", 4, now));
+        assert!(!grants.holds(C1, b"loc", 4, now));
     }
 
     #[test]

@@ -1270,6 +1270,62 @@ async fn owner_and_member_subscribers_hear_commits_and_deletes() {
             .unwrap();
         assert_eq!(event.kind(), EventKind::Delete);
     }
+
+    // The owner rotates the share's key (a revocation): the member's
+    // subscription, proved under the old key, ends at the next event.
+    put(&mut member, fragment_ref(&photos, 5, 1, 0), b"before")
+        .await
+        .unwrap();
+    let signed = manifest(
+        alice.key_id("photos"),
+        &bob,
+        &KEYS[SHARE],
+        5,
+        1,
+        &[b"before"],
+    );
+    commit(&mut member, &bob, &photos, signed).await.unwrap();
+    for events in [&mut owner_events, &mut member_events] {
+        let event = tokio::time::timeout(WAIT, events.message())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.kind(), EventKind::Commit);
+    }
+    let registration = KeyRegistration {
+        key_id: alice.key_id("photos").to_string(),
+        public_key: KEYS[OTHER_SHARE].public_key().spki_der().to_vec(),
+        epoch: 1,
+        issued_unix: 2,
+    };
+    let envelope = Envelope::seal_message(alice.key, Purpose::KeyRegister, &registration).unwrap();
+    owner
+        .register_key(RegisterKeyRequest {
+            registration: Some(envelope.to_proto()),
+        })
+        .await
+        .unwrap();
+    owner
+        .delete(DeleteRequest {
+            location: Some(photos.clone()),
+            object_id: vec![5; 32],
+            version: 1,
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, owner_events.message())
+        .await
+        .expect("event in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kind(), EventKind::Delete);
+    let status = tokio::time::timeout(WAIT, member_events.message())
+        .await
+        .expect("the member's stream ends in time")
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "prove possession again");
+    assert!(member_events.message().await.unwrap_or(None).is_none());
 }
 
 #[tokio::test]

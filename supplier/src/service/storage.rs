@@ -974,6 +974,19 @@ impl StorageService {
     ) -> Result<ReceiverStream<Result<Event, Status>>, Error> {
         let location = self.resolve(request.location).await?;
         self.authorize(peer, &location, Access::Read).await?;
+        // A member hears events only while its grant lives: once the key
+        // changes (a revocation) or the grant expires, the stream ends.
+        let member = if peer.node_id == location.owner {
+            None
+        } else {
+            let epoch = self
+                .share_key(&location.key)
+                .await?
+                .ok_or(Error::Denied("not authorized for this location"))?
+                .epoch;
+            Some((peer.connection, epoch))
+        };
+        let grants = self.grants.clone();
         let permit = self
             .subscriptions
             .clone()
@@ -993,6 +1006,14 @@ impl StorageService {
                     () = tx.closed() => break,
                     received = events.recv() => match received {
                         Ok(event) if event.location == key => {
+                            if let Some((connection, epoch)) = member
+                                && !grants.holds(connection, &key, epoch, Instant::now())
+                            {
+                                let _ = tx.send(Err(Status::permission_denied(
+                                    "access to this location ended (its key changed or the grant expired): prove possession again and subscribe again",
+                                ))).await;
+                                break;
+                            }
                             if tx.send(Ok(event.event)).await.is_err() {
                                 break;
                             }
