@@ -9,7 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod home;
-pub mod idserver;
+pub use net::idserver;
 pub mod pipeline;
 pub mod remote;
 pub mod session;

@@ -285,12 +285,17 @@ impl Session {
     }
 
     /// Hires the suppliers at `addrs` with `quota` bytes each, in position
-    /// order, and returns their entries. Nothing is saved.
+    /// order, and returns their entries, after publishing our identity to our
+    /// identity server if it lacks this revision (suppliers check the name
+    /// there). The supplier set is not saved.
     pub async fn hire(
         &self,
         addrs: &[String],
         quota: u64,
     ) -> Result<Vec<SupplierEntry>, SessionError> {
+        // Suppliers confirm our name with our identity server before they
+        // take us on, so it must hold our identity first.
+        self.ensure_published().await?;
         let mut entries = Vec::with_capacity(addrs.len());
         for (position, addr) in addrs.iter().enumerate() {
             let hire_error = |reason: String| SessionError::Hire {

@@ -7,6 +7,7 @@
 //!   hickory-resolver, completes the handshake, and refuses any node other
 //!   than the one expected.
 //! - [`peer`]: how a gRPC handler learns who is calling.
+//! - [`idserver`]: publishing and fetching identity documents.
 //!
 //! There is no plaintext port: everything a node serves goes through
 //! [`server::incoming`].
@@ -15,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod client;
+pub mod idserver;
 pub mod peer;
 pub mod resolve;
 pub mod server;

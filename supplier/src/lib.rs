@@ -36,7 +36,7 @@ pub use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::service::identity::IdentityService;
 use crate::service::mailbox::{MailboxLimits, MailboxService};
-use crate::service::storage::{StorageLimits, StorageService};
+use crate::service::storage::{NameCheck, StorageLimits, StorageService};
 use crate::store::{Store, StoreError};
 
 /// File name of the node's master key in the data directory.
@@ -188,6 +188,11 @@ impl Supplier {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        let own_host = if config.identity_server {
+            Some(identity_host(&config, local_addr)?)
+        } else {
+            None
+        };
         let storage = StorageService::new(
             store.clone(),
             node_id,
@@ -197,14 +202,17 @@ impl Supplier {
                 keep_versions: config.keep_versions,
                 ..StorageLimits::default()
             },
+            NameCheck {
+                own_host: own_host.clone(),
+                dialer: net::Dialer::new(Arc::new(TlsIdentity::generate(&master)?)),
+            },
             metrics.clone(),
             cancel.child_token(),
         );
         health.set_serving::<StorageServer<StorageService>>().await;
         let mailbox = MailboxService::new(store.clone(), MailboxLimits::default(), metrics.clone());
         health.set_serving::<MailboxServer<MailboxService>>().await;
-        let identity = if config.identity_server {
-            let host = identity_host(&config, local_addr)?;
+        let identity = if let Some(host) = own_host {
             info!(%host, "serving the identity server role");
             health
                 .set_serving::<IdentityServer<IdentityService>>()

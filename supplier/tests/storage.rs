@@ -14,6 +14,8 @@ use common::manifest::{BlockFragments, Manifest, ObjectId, Scheme, SignedManifes
 use common::tls::TlsIdentity;
 use net::Dialer;
 use proto::common::v1::Location;
+use proto::identity::v1::PublishIdentityRequest;
+use proto::identity::v1::identity_client::IdentityClient;
 use proto::mailbox::v1::mailbox_client::MailboxClient;
 use proto::mailbox::v1::{AckRequest, FetchRequest, PostRequest};
 use proto::storage::v1::storage_client::StorageClient;
@@ -41,6 +43,17 @@ const OTHER_SHARE: usize = 4;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The identity host the test nodes serve names for: every test customer is
+/// `name@id-test`, and publishes its identity to the node it talks to.
+const ID_HOST: &str = "id-test";
+
+fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        identity_host: Some(ID_HOST.into()),
+        ..Config::for_tests(dir)
+    }
+}
+
 struct Node {
     supplier: Supplier,
     dir: TempDir,
@@ -54,7 +67,7 @@ impl Node {
     async fn start_with(adjust: impl FnOnce(Config) -> Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         supplier::init_data_dir(dir.path(), 2048).unwrap();
-        let supplier = Supplier::spawn(adjust(Config::for_tests(dir.path())))
+        let supplier = Supplier::spawn(adjust(test_config(dir.path())))
             .await
             .unwrap();
         Self { supplier, dir }
@@ -62,17 +75,13 @@ impl Node {
 
     /// A node on the data directory a killed supplier process left.
     async fn reopen(dir: TempDir) -> Self {
-        let supplier = Supplier::spawn(Config::for_tests(dir.path()))
-            .await
-            .unwrap();
+        let supplier = Supplier::spawn(test_config(dir.path())).await.unwrap();
         Self { supplier, dir }
     }
 
     async fn restart(&mut self) {
         self.supplier.shutdown().await;
-        self.supplier = Supplier::spawn(Config::for_tests(self.dir.path()))
-            .await
-            .unwrap();
+        self.supplier = Supplier::spawn(test_config(self.dir.path())).await.unwrap();
     }
 }
 
@@ -86,8 +95,12 @@ struct Customer {
 
 impl Customer {
     fn new(index: usize, name: &str) -> Self {
+        Self::with_user(index, format!("{name}@{ID_HOST}").parse().unwrap())
+    }
+
+    /// A customer with key `index` whose identity claims `user`.
+    fn with_user(index: usize, user: UserId) -> Self {
         let key = &KEYS[index];
-        let user: UserId = format!("{name}@id-test").parse().unwrap();
         let identity = SignedIdentity::sign(
             IdentityDocument {
                 user_id: user.clone(),
@@ -108,17 +121,38 @@ impl Customer {
         }
     }
 
+    /// A channel to `node`, whose identity role now holds our identity.
     async fn channel(&self, node: &Node) -> Channel {
         let addr = node.supplier.local_addr().to_string();
-        self.dialer
+        let channel = self
+            .dialer
             .connect(&addr, Some(node.supplier.node_id()))
             .await
             .unwrap()
-            .channel
+            .channel;
+        self.publish(&channel).await;
+        channel
+    }
+
+    /// Publishes our identity on `channel`'s node (idempotent).
+    async fn publish(&self, channel: &Channel) {
+        IdentityClient::new(channel.clone())
+            .publish(PublishIdentityRequest {
+                document: Some(self.identity.to_proto()),
+            })
+            .await
+            .unwrap();
     }
 
     async fn storage(&self, node: &Node) -> StorageClient<Channel> {
         StorageClient::new(self.channel(node).await)
+    }
+
+    /// [`Customer::storage`] for a supplier process at `addr`.
+    async fn storage_at(&self, addr: &str) -> StorageClient<Channel> {
+        let channel = self.dialer.connect(addr, None).await.unwrap().channel;
+        self.publish(&channel).await;
+        StorageClient::new(channel)
     }
 
     async fn hire(
@@ -969,6 +1003,51 @@ async fn a_commit_can_carry_its_fragments_and_each_is_checked() {
 }
 
 #[tokio::test]
+async fn hire_needs_the_name_registered_to_the_callers_key() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 1 << 20).await.unwrap();
+
+    // Mallory signs a document claiming alice's name with her own key.
+    let impostor = Customer::with_user(MALLORY, alice.user.clone());
+    let channel = channel_without_publishing(&impostor, &node).await;
+    let status = impostor
+        .hire(&mut StorageClient::new(channel), 1 << 20)
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "registered to another key");
+
+    // A name its identity server has never seen is refused, and says what
+    // to do; once published, the hire goes through.
+    let carol = Customer::new(BOB, "carol");
+    let mut carols = StorageClient::new(channel_without_publishing(&carol, &node).await);
+    let status = carol.hire(&mut carols, 1 << 20).await.unwrap_err();
+    assert_refused(&status, Code::FailedPrecondition, "publish the identity");
+    let mut carols = carol.storage(&node).await;
+    carol.hire(&mut carols, 1 << 20).await.unwrap();
+
+    // A name on an identity server that cannot be reached cannot be
+    // confirmed.
+    let dave = Customer::with_user(OTHER_SHARE, "dave@127.0.0.1_1".parse().unwrap());
+    let mut daves = StorageClient::new(channel_without_publishing(&dave, &node).await);
+    let status = dave.hire(&mut daves, 1 << 20).await.unwrap_err();
+    assert_refused(&status, Code::Unavailable, "cannot confirm the name");
+}
+
+async fn channel_without_publishing(customer: &Customer, node: &Node) -> Channel {
+    customer
+        .dialer
+        .connect(
+            &node.supplier.local_addr().to_string(),
+            Some(node.supplier.node_id()),
+        )
+        .await
+        .unwrap()
+        .channel
+}
+
+#[tokio::test]
 async fn quota_and_capacity_limits_refuse_cleanly() {
     let node = Node::start_with(|c| Config {
         capacity: bytesize::ByteSize::b(5000),
@@ -1509,9 +1588,17 @@ fn supplier_process(dir: &std::path::Path) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
+    let config = dir.join("test.toml");
+    std::fs::write(
+        &config,
+        format!("identity_server = true\nidentity_host = \"{ID_HOST}\"\n"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_silt-supplier"))
         .args([
             "run",
+            "--config",
+            config.to_str().unwrap(),
             "--data",
             dir.to_str().unwrap(),
             "--listen",
@@ -1551,7 +1638,7 @@ async fn a_supplier_killed_mid_upload_shows_no_partial_version() {
     let (mut child, addr) = supplier_process(dir.path());
 
     let alice = Customer::new(ALICE, "alice");
-    let mut client = StorageClient::new(alice.dialer.connect(&addr, None).await.unwrap().channel);
+    let mut client = alice.storage_at(&addr).await;
     alice.hire(&mut client, 10 << 20).await.unwrap();
     let master = alice.location("master");
     // Block 0 of a two-block version is staged; then the process dies.
@@ -1681,7 +1768,7 @@ async fn committed_large_fragments_survive_a_kill_and_usage_is_recounted() {
     supplier::init_data_dir(dir.path(), 2048).unwrap();
     let (mut child, addr) = supplier_process(dir.path());
     let alice = Customer::new(ALICE, "alice");
-    let mut client = StorageClient::new(alice.dialer.connect(&addr, None).await.unwrap().channel);
+    let mut client = alice.storage_at(&addr).await;
     alice.hire(&mut client, 64 << 20).await.unwrap();
     let master = alice.location("master");
     let data =

@@ -90,10 +90,6 @@ async fn hire(
         Some(text) => parse_scheme(text, n)?,
         None => default_scheme(n)?,
     };
-    if let Err(e) = session.ensure_published().await {
-        ctx.out
-            .warn(format_args!("could not publish your identity: {e}"));
-    }
     let entries = session.hire(&addrs, quota.as_u64()).await?;
     let set = SupplierSet {
         data: scheme.data,

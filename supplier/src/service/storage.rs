@@ -16,10 +16,11 @@ use common::audit;
 use common::crypto::{PublicKey, Purpose};
 use common::digest::{FragmentDigest, FragmentHash};
 use common::envelope::Envelope;
-use common::id::{Alias, KeyId, NodeId, UserId};
-use common::identity::SignedIdentity;
+use common::id::{Alias, IdHost, KeyId, NodeId, UserId};
+use common::identity::{IdentityDocument, SignedIdentity};
 use common::manifest::{Manifest, ObjectId, SignedManifest};
 use net::PeerInfo;
+use net::idserver::{self, IdServerError};
 use prost::Message;
 use prost::bytes::Bytes;
 use proto::common::v1::Location;
@@ -111,6 +112,8 @@ enum Error {
     #[error("{0}")]
     Exhausted(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Corrupt(String),
     #[error(transparent)]
     Store(StoreError),
@@ -139,6 +142,7 @@ impl From<Error> for Status {
             Error::Conflict(m) => Status::already_exists(m),
             Error::Precondition(m) => Status::failed_precondition(m),
             Error::Exhausted(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::Corrupt(m) => {
                 tracing::error!(error = %m, "stored data is damaged");
                 Status::data_loss("stored data is damaged")
@@ -176,6 +180,17 @@ struct Resolved {
     key: Vec<u8>,
 }
 
+/// Where a supplier confirms that a user ID belongs to the key hiring it:
+/// its own identity role for the names it hosts, the user's identity
+/// server for the rest.
+#[derive(Debug, Clone)]
+pub struct NameCheck {
+    /// The identity host this supplier serves names for, if it has the role.
+    pub own_host: Option<IdHost>,
+    /// For asking other identity servers.
+    pub dialer: net::Dialer,
+}
+
 /// Serves `silt.storage.v1.Storage`.
 #[derive(Debug, Clone)]
 pub struct StorageService {
@@ -185,6 +200,7 @@ pub struct StorageService {
     subscriptions: Arc<Semaphore>,
     supplier_id: NodeId,
     limits: StorageLimits,
+    names: NameCheck,
     metrics: Metrics,
     cancel: CancellationToken,
 }
@@ -196,6 +212,7 @@ impl StorageService {
         store: Store,
         supplier_id: NodeId,
         limits: StorageLimits,
+        names: NameCheck,
         metrics: Metrics,
         cancel: CancellationToken,
     ) -> Self {
@@ -207,6 +224,7 @@ impl StorageService {
             events,
             supplier_id,
             limits,
+            names,
             metrics,
             cancel,
         }
@@ -352,8 +370,14 @@ impl StorageService {
         if request.quota_bytes == 0 {
             return Err(bad("quota must be more than 0 bytes"));
         }
-        let user = document.user_id.to_string();
         let owner = peer.node_id;
+        // A contract binds the name for DHT records and locations, so a new
+        // one needs the identity server's word that the name is this key's.
+        let existing = self.run(move |store| store.contract(&owner)).await?;
+        if existing.is_none_or(|c| c.user_id != document.user_id.to_string()) {
+            self.confirm_name(document).await?;
+        }
+        let user = document.user_id.to_string();
         let master = document.master_key.spki_der().to_vec();
         let capacity = self.limits.capacity;
         let quota = request.quota_bytes;
@@ -382,6 +406,48 @@ impl StorageService {
             quota_bytes: contract.quota_bytes,
             used_bytes: contract.used_bytes,
         })
+    }
+
+    /// Checks with the user's identity server (or this supplier's own
+    /// identity role) that `document`'s user ID is registered to its key.
+    async fn confirm_name(&self, document: &IdentityDocument) -> Result<(), Error> {
+        let user = document.user_id.clone();
+        let registered = if self.names.own_host.as_ref() == Some(user.idhost()) {
+            let key = user.to_string();
+            match self.run(move |store| store.identity(&key)).await? {
+                Some(bytes) => Some(
+                    SignedIdentity::from_bytes(&bytes)
+                        .map_err(|e| Error::Corrupt(format!("hosted identity of {user}: {e}")))?,
+                ),
+                None => None,
+            }
+        } else {
+            let server = user.idhost().server_addr();
+            match idserver::fetch(&self.names.dialer, &server, &user).await {
+                Ok(identity) => Some(identity),
+                Err(IdServerError::NotFound { .. }) => None,
+                Err(e @ IdServerError::Unreachable { .. }) => {
+                    return Err(Error::Unavailable(format!(
+                        "cannot confirm the name {user}: {e}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(Error::Precondition(format!(
+                        "cannot confirm the name {user}: {e}"
+                    )));
+                }
+            }
+        };
+        match registered {
+            None => Err(Error::Precondition(format!(
+                "{user} is not registered on its identity server {}: publish the identity there first",
+                user.idhost()
+            ))),
+            Some(identity) if identity.document().master_key != document.master_key => Err(
+                Error::Denied("this user id is registered to another key on its identity server"),
+            ),
+            Some(_) => Ok(()),
+        }
     }
 
     async fn release(&self, peer: &PeerInfo) -> Result<ReleaseResponse, Error> {

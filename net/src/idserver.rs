@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::Dialer;
 use common::id::UserId;
 use common::identity::SignedIdentity;
-use net::Dialer;
 use proto::identity::v1::identity_client::IdentityClient;
 use proto::identity::v1::{GetIdentityRequest, PublishIdentityRequest};
 use tonic::Code;
