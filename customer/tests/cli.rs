@@ -307,8 +307,12 @@ async fn keys_are_created_listed_and_deleted_and_bad_aliases_write_nothing() {
     assert!(err.contains("2048, 3072 or 4096"), "{err}");
     assert_eq!(files(&home.join("keys")), before);
 
-    // Deleting: by alias; the master key is refused; unknown keys are named.
-    ok(&silt(&home, &["key", "delete", "photos"]));
+    // Deleting: a private key only when confirmed (no terminal here, so
+    // --yes), by alias; the master key is refused; unknown keys are named.
+    let err = fails(&silt(&home, &["key", "delete", "photos"]));
+    assert!(err.contains("pass --yes"), "{err}");
+    assert_eq!(files(&home.join("keys")), before);
+    ok(&silt(&home, &["key", "delete", "photos", "--yes"]));
     let err = fails(&silt(&home, &["key", "delete", "photos"]));
     assert!(err.contains("no key photos$alice@"), "{err}");
     let err = fails(&silt(&home, &["key", "delete", "master"]));

@@ -34,6 +34,9 @@ pub(crate) enum KeyCommand {
     Delete {
         /// `alias$user@idhost`, or an alias of your own.
         key_id: String,
+        /// Do not ask before deleting a private key.
+        #[arg(long)]
+        yes: bool,
     },
     /// Print a key: the public part, or with --private the private part.
     Export {
@@ -67,9 +70,20 @@ pub(crate) fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
     match command {
         KeyCommand::Create { alias, label, size } => create(ctx, alias, label, size),
         KeyCommand::List => list(ctx),
-        KeyCommand::Delete { key_id } => {
+        KeyCommand::Delete { key_id, yes } => {
             let key_id = ctx.key_id(&key_id)?;
-            let meta = ctx.home.keystore()?.delete(&key_id)?;
+            let keystore = ctx.home.keystore()?;
+            let (_, meta) = keystore.load_public(&key_id)?;
+            if meta.kind == KeyKind::Private && !key_id.is_master() && !yes {
+                confirm(
+                    &format!(
+                        "Delete the PRIVATE key {key_id}? Without it, nothing stored under it can be read again; `silt key export --private` keeps a copy."
+                    ),
+                    "delete a private key",
+                    "nothing deleted",
+                )?;
+            }
+            let meta = keystore.delete(&key_id)?;
             ctx.out.print(
                 format!("deleted {}", meta.key_id),
                 json!({ "deleted": meta.key_id.to_string() }),
@@ -188,9 +202,13 @@ fn export(ctx: &Ctx, key_id: &str, private: bool, yes: bool) -> Result<()> {
             );
         }
         if !yes {
-            confirm(&format!(
-                "Print the PRIVATE key {key_id}? Anyone who sees it can read the data it protects."
-            ))?;
+            confirm(
+                &format!(
+                    "Print the PRIVATE key {key_id}? Anyone who sees it can read the data it protects."
+                ),
+                "print a private key",
+                "nothing printed",
+            )?;
         }
         let (key, _) = keystore.load_private(&key_id, None)?;
         key.to_pkcs8_pem()?.to_string()
@@ -210,16 +228,18 @@ fn export(ctx: &Ctx, key_id: &str, private: bool, yes: bool) -> Result<()> {
     Ok(())
 }
 
-fn confirm(question: &str) -> Result<()> {
+/// Asks `question` on the terminal; without one, refuses to `action`
+/// unless the caller passed `--yes`.
+fn confirm(question: &str, action: &str, refused: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        bail!("refusing to print a private key without confirmation; pass --yes");
+        bail!("refusing to {action} without confirmation; pass --yes");
     }
     eprint!("{question}\nType yes to continue: ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     if answer.trim() != "yes" {
-        bail!("not confirmed; nothing printed");
+        bail!("not confirmed; {refused}");
     }
     Ok(())
 }
