@@ -88,6 +88,8 @@ const DEFAULT_PAGE: u32 = 100;
 /// up to 16 MiB.
 const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const MAX_ENVELOPE: usize = 64 * 1024;
+/// How long `Hire` waits for a user's identity server, connection included.
+const NAME_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An event for the subscribers of a location (identified by its key).
 #[derive(Debug, Clone)]
@@ -423,7 +425,19 @@ impl StorageService {
             }
         } else {
             let server = user.idhost().server_addr();
-            match idserver::fetch(&self.names.dialer, &server, &user).await {
+            // Within the customer's own deadline for the Hire call.
+            let fetched = tokio::time::timeout(
+                NAME_CHECK_TIMEOUT,
+                idserver::fetch(&self.names.dialer, &server, &user),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(IdServerError::Unreachable {
+                    server: server.clone(),
+                    reason: "timed out".into(),
+                })
+            });
+            match fetched {
                 Ok(identity) => Some(identity),
                 Err(IdServerError::NotFound { .. }) => None,
                 Err(e @ IdServerError::Unreachable { .. }) => {
