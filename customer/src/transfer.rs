@@ -162,18 +162,9 @@ impl Version {
 /// the missing positions). A newer version that reached too few suppliers
 /// (a partial commit) does not hide an older one that is whole.
 pub fn newest<'a>(versions: impl IntoIterator<Item = &'a Version>) -> Option<&'a Version> {
-    let mut newest: Option<&Version> = None;
-    let mut readable: Option<&Version> = None;
-    for version in versions {
-        let number = version.manifest.version;
-        if newest.is_none_or(|n| number > n.manifest.version) {
-            newest = Some(version);
-        }
-        if version.readable() && readable.is_none_or(|n| number > n.manifest.version) {
-            readable = Some(version);
-        }
-    }
-    readable.or(newest)
+    versions
+        .into_iter()
+        .max_by_key(|v| (v.readable(), v.manifest.version))
 }
 
 /// A file in a catalog listing.

@@ -102,16 +102,27 @@ impl Net {
     }
 
     async fn put(&self, name: &str, data: &[u8]) -> u64 {
-        let local = self.file(&format!("up-{}", name.replace('/', "_")), data);
-        let normal = NormalPath::new(name).unwrap();
         let (existing, _) = self.session.versions(&self.keys, None).await.unwrap();
-        let object = self.keys.secrets.object_id(&normal);
-        let version = next_versions(&existing).get(&object).copied().unwrap_or(1);
+        let version = next_versions(&existing)
+            .get(&self.object(name))
+            .copied()
+            .unwrap_or(1);
+        self.try_put(name, data, version).await.unwrap()
+    }
+
+    /// Uploads `data` as `version` of `name`, whatever the outcome.
+    async fn try_put(&self, name: &str, data: &[u8], version: u64) -> Result<u64, TransferError> {
+        let local = self.file(&format!("up-{}", name.replace('/', "_")), data);
         self.session
-            .upload(&self.keys, &local, &normal, version, no_progress())
+            .upload(
+                &self.keys,
+                &local,
+                &NormalPath::new(name).unwrap(),
+                version,
+                no_progress(),
+            )
             .await
-            .unwrap()
-            .version
+            .map(|uploaded| uploaded.version)
     }
 
     async fn get(&self, name: &str, version: Option<u64>) -> Result<Vec<u8>, TransferError> {
@@ -402,16 +413,8 @@ async fn an_upload_names_the_supplier_it_cannot_reach() {
     // The first upload connects to both; then one goes away.
     net.put("first.txt", b"connected").await;
     net.stop(1).await;
-    let local = net.file("second.txt", b"not stored");
     let err = net
-        .session
-        .upload(
-            &net.keys,
-            &local,
-            &NormalPath::new("second.txt").unwrap(),
-            1,
-            no_progress(),
-        )
+        .try_put("second.txt", b"not stored", 1)
         .await
         .unwrap_err()
         .to_string();
@@ -427,16 +430,8 @@ async fn a_version_committed_on_too_few_suppliers_does_not_hide_the_last_whole_o
     for position in [1, 2, 3] {
         net.stop(position).await;
     }
-    let local = net.file("plan-2", b"version two, on one supplier");
     let err = net
-        .session
-        .upload(
-            &net.keys,
-            &local,
-            &NormalPath::new("plan.txt").unwrap(),
-            2,
-            no_progress(),
-        )
+        .try_put("plan.txt", b"version two, on one supplier", 2)
         .await
         .unwrap_err();
     assert!(

@@ -57,6 +57,13 @@ struct Grant {
     expires: Instant,
 }
 
+impl Grant {
+    /// Whether it still grants access at `epoch`.
+    fn allows(&self, epoch: u64, now: Instant) -> bool {
+        self.expires > now && self.epoch == epoch
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     nonces: HashMap<[u8; NONCE_LEN], Pending>,
@@ -182,7 +189,7 @@ impl Grants {
         let mut state = self.state();
         let key = (connection, location.to_vec());
         match state.grants.get(&key) {
-            Some(grant) if grant.expires > now && grant.epoch == epoch => true,
+            Some(grant) if grant.allows(epoch, now) => true,
             Some(_) => {
                 state.grants.remove(&key);
                 false
@@ -204,7 +211,7 @@ impl Grants {
         self.state()
             .grants
             .get(&(connection, location.to_vec()))
-            .is_some_and(|grant| grant.expires > now && grant.epoch == epoch)
+            .is_some_and(|grant| grant.allows(epoch, now))
     }
 
     /// Drops every grant and nonce for `location` (its key changed).

@@ -149,7 +149,9 @@ impl Supplier {
     pub async fn spawn(config: Config) -> Result<Self, Error> {
         let master = load_node_key(&config.data)?;
         let node_id = master.public_key().node_id();
-        let tls = TlsIdentity::generate(&master)?;
+        // One certificate serves the port and every outgoing connection.
+        let tls = Arc::new(TlsIdentity::generate(&master)?);
+        let dialer = net::Dialer::new(tls.clone());
         let db_dir = db_dir(&config.data);
         let store = tokio::task::spawn_blocking(move || Store::open(&db_dir))
             .await
@@ -204,7 +206,7 @@ impl Supplier {
             },
             NameCheck {
                 own_host: own_host.clone(),
-                dialer: net::Dialer::new(Arc::new(TlsIdentity::generate(&master)?)),
+                dialer: dialer.clone(),
             },
             metrics.clone(),
             cancel.child_token(),
@@ -229,17 +231,14 @@ impl Supplier {
             .public_addr
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
-        let dht = dht::DhtNode::new(
-            dht::Config::server(vec![public]),
-            net::Dialer::new(Arc::new(TlsIdentity::generate(&master)?)),
-        )
-        .with_store(Box::new(records::StoredRecords::new(
-            store.clone(),
-            MAX_DHT_RECORDS,
-        )))
-        .with_signers(Arc::new(records::KnownSigners::new(&store)))
-        .spawn()
-        .map_err(|e| Error::Config(format!("dht: {e}")))?;
+        let dht = dht::DhtNode::new(dht::Config::server(vec![public]), dialer)
+            .with_store(Box::new(records::StoredRecords::new(
+                store.clone(),
+                MAX_DHT_RECORDS,
+            )))
+            .with_signers(Arc::new(records::KnownSigners::new(&store)))
+            .spawn()
+            .map_err(|e| Error::Config(format!("dht: {e}")))?;
         if !config.bootstrap.is_empty() {
             let (handle, seeds) = (dht.clone(), config.bootstrap.clone());
             workers.push(tokio::spawn(async move {

@@ -195,29 +195,9 @@ mod tests {
     fn records_survive_a_reopen_and_expire() {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate(2048).unwrap();
-        let user: common::id::UserId = "alice@id-a".parse().unwrap();
-        let identity = SignedIdentity::sign(
-            IdentityDocument {
-                user_id: user.clone(),
-                master_key: key.public_key().clone(),
-                endpoints: vec![],
-                revision: 1,
-                created_unix: 1,
-            },
-            &key,
-        )
-        .unwrap();
-        let record_key = RecordKey::identity(user);
+        let record_key = RecordKey::identity("alice@id-a".parse().unwrap());
         let now = common::unix_now();
-        let envelope = Record::seal(
-            &key,
-            &record_key,
-            1,
-            now + 60,
-            identity.to_proto().encode_to_vec(),
-        )
-        .unwrap();
-        let record = Record::verify(envelope.to_proto(), now, None).unwrap();
+        let record = identity_record("alice", &key, now + 60);
         {
             let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 10);
             assert_eq!(

@@ -294,6 +294,13 @@ pub mod keys {
         .concat()
     }
 
+    /// The key of the version a fragment key belongs to (its manifest key):
+    /// the fragment key without block and position.
+    pub fn version_of_fragment(key: &[u8]) -> &[u8] {
+        key.get(..key.len().saturating_sub(8 + 4))
+            .unwrap_or_default()
+    }
+
     /// Splits a manifest key into its location, object ID and version.
     pub fn split_manifest(key: &[u8]) -> Option<(&[u8], [u8; 32], u64)> {
         let location_len = 33 + usize::from(*key.get(32)?);
@@ -347,13 +354,10 @@ struct PayloadBatch {
     size: usize,
 }
 
-/// The owner a customer key starts with.
 /// A staged fragment's key and size.
 type Unclaimed = (Box<[u8]>, u64);
 
-/// The bytes a fragment key adds to its version's key: block and position.
-const FRAGMENT_SUFFIX: usize = 8 + 4;
-
+/// The owner a customer key starts with.
 fn owner_of(key: &[u8]) -> Result<NodeId, StoreError> {
     NodeId::from_slice(key.get(..32).unwrap_or_default())
         .map_err(|e| StoreError::Damaged(e.to_string()))
@@ -1272,11 +1276,8 @@ impl Store {
             if meta.committed {
                 continue;
             }
-            let version = key
-                .get(..key.len().saturating_sub(FRAGMENT_SUFFIX))
-                .unwrap_or_default();
             let entry = versions
-                .entry(version.into())
+                .entry(keys::version_of_fragment(&key).into())
                 .or_insert_with(|| (i64::MIN, Vec::new()));
             entry.0 = entry.0.max(meta.staged_unix);
             entry.1.push((key, meta.size));
@@ -1731,6 +1732,10 @@ mod tests {
         // An abandoned upload of another version, and of another object.
         let abandoned = keys::fragment(&location, &[1; 32], 2, 0, 0);
         let other = keys::fragment(&location, &[2; 32], 1, 0, 0);
+        assert_eq!(
+            keys::version_of_fragment(&latest),
+            keys::manifest(&location, &[1; 32], 1)
+        );
         for key in [&first, &latest, &abandoned, &other] {
             store
                 .stage(&owner, key, &[5; 50], hash(&[5; 50]), GIB)

@@ -20,10 +20,10 @@ use proto::mailbox::v1::mailbox_client::MailboxClient;
 use proto::mailbox::v1::{AckRequest, FetchRequest, PostRequest};
 use proto::storage::v1::storage_client::StorageClient;
 use proto::storage::v1::{
-    ChallengeRequest, CommitManifestRequest, DeleteRequest, EventKind, FragmentHeader, FragmentRef,
-    GetFragmentRequest, HireRequest, InlineFragment, KeyRegistration, ListManifestsRequest,
-    OfferRequest, ProveRequest, PutFragmentRequest, RegisterKeyRequest, SubscribeRequest,
-    get_fragment_response, put_fragment_request,
+    ChallengeRequest, CommitManifestRequest, DeleteRequest, Event, EventKind, FragmentHeader,
+    FragmentRef, GetFragmentRequest, HireRequest, InlineFragment, KeyRegistration,
+    ListManifestsRequest, OfferRequest, ProveRequest, PutFragmentRequest, RegisterKeyRequest,
+    SubscribeRequest, get_fragment_response, put_fragment_request,
 };
 use supplier::{Config, Supplier};
 use tempfile::TempDir;
@@ -371,11 +371,23 @@ async fn register_share(
     alias: &str,
     key: &PrivateKey,
 ) {
+    register_share_at(owner, client, alias, key, 0).await;
+}
+
+/// Registers `key` for the share `alias` at `epoch` (a rotation when higher
+/// than the registered one).
+async fn register_share_at(
+    owner: &Customer,
+    client: &mut StorageClient<Channel>,
+    alias: &str,
+    key: &PrivateKey,
+    epoch: u64,
+) {
     let registration = KeyRegistration {
         key_id: owner.key_id(alias).to_string(),
         public_key: key.public_key().spki_der().to_vec(),
-        epoch: 0,
-        issued_unix: 1,
+        epoch,
+        issued_unix: 1 + epoch as i64,
     };
     let envelope = Envelope::seal_message(owner.key, Purpose::KeyRegister, &registration).unwrap();
     client
@@ -1324,11 +1336,7 @@ async fn owner_and_member_subscribers_hear_commits_and_deletes() {
     );
     commit(&mut member, &bob, &photos, signed).await.unwrap();
     for events in [&mut owner_events, &mut member_events] {
-        let event = tokio::time::timeout(Duration::from_secs(1), events.message())
-            .await
-            .expect("event within a second")
-            .unwrap()
-            .unwrap();
+        let event = next_event(events, Duration::from_secs(1)).await;
         assert_eq!(event.kind(), EventKind::Commit);
         assert_eq!(event.object_id, vec![4; 32]);
         assert_eq!(event.version, 1);
@@ -1342,11 +1350,7 @@ async fn owner_and_member_subscribers_hear_commits_and_deletes() {
         .await
         .unwrap();
     for events in [&mut owner_events, &mut member_events] {
-        let event = tokio::time::timeout(Duration::from_secs(1), events.message())
-            .await
-            .expect("event within a second")
-            .unwrap()
-            .unwrap();
+        let event = next_event(events, Duration::from_secs(1)).await;
         assert_eq!(event.kind(), EventKind::Delete);
     }
 
@@ -1365,26 +1369,9 @@ async fn owner_and_member_subscribers_hear_commits_and_deletes() {
     );
     commit(&mut member, &bob, &photos, signed).await.unwrap();
     for events in [&mut owner_events, &mut member_events] {
-        let event = tokio::time::timeout(WAIT, events.message())
-            .await
-            .expect("event in time")
-            .unwrap()
-            .unwrap();
-        assert_eq!(event.kind(), EventKind::Commit);
+        assert_eq!(next_event(events, WAIT).await.kind(), EventKind::Commit);
     }
-    let registration = KeyRegistration {
-        key_id: alice.key_id("photos").to_string(),
-        public_key: KEYS[OTHER_SHARE].public_key().spki_der().to_vec(),
-        epoch: 1,
-        issued_unix: 2,
-    };
-    let envelope = Envelope::seal_message(alice.key, Purpose::KeyRegister, &registration).unwrap();
-    owner
-        .register_key(RegisterKeyRequest {
-            registration: Some(envelope.to_proto()),
-        })
-        .await
-        .unwrap();
+    register_share_at(&alice, &mut owner, "photos", &KEYS[OTHER_SHARE], 1).await;
     owner
         .delete(DeleteRequest {
             location: Some(photos.clone()),
@@ -1393,18 +1380,25 @@ async fn owner_and_member_subscribers_hear_commits_and_deletes() {
         })
         .await
         .unwrap();
-    let event = tokio::time::timeout(WAIT, owner_events.message())
-        .await
-        .expect("event in time")
-        .unwrap()
-        .unwrap();
-    assert_eq!(event.kind(), EventKind::Delete);
+    assert_eq!(
+        next_event(&mut owner_events, WAIT).await.kind(),
+        EventKind::Delete
+    );
     let status = tokio::time::timeout(WAIT, member_events.message())
         .await
         .expect("the member's stream ends in time")
         .unwrap_err();
     assert_refused(&status, Code::PermissionDenied, "prove possession again");
     assert!(member_events.message().await.unwrap_or(None).is_none());
+}
+
+/// The next event on a subscription, within `within`.
+async fn next_event(events: &mut tonic::Streaming<Event>, within: Duration) -> Event {
+    tokio::time::timeout(within, events.message())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]

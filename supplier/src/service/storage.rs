@@ -274,14 +274,16 @@ impl StorageService {
     }
 
     /// Checks that `peer` may do `access` on `location`.
+    /// Checks that `peer` may do `access` in `location`. Returns `None` for
+    /// the owner, and for a member the key epoch its grant was proved for.
     async fn authorize(
         &self,
         peer: &PeerInfo,
         location: &Resolved,
         access: Access,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<u64>, Error> {
         if peer.node_id == location.owner {
-            return Ok(());
+            return Ok(None);
         }
         if location.key_id.is_master() {
             return Err(Error::Denied(
@@ -298,7 +300,7 @@ impl StorageService {
             .grants
             .is_granted(peer.connection, &location.key, record.epoch, Instant::now())
         {
-            Ok(())
+            Ok(Some(record.epoch))
         } else {
             Err(Error::Denied(
                 "prove possession of the location's key first (Challenge, Prove)",
@@ -1053,19 +1055,12 @@ impl StorageService {
         request: SubscribeRequest,
     ) -> Result<ReceiverStream<Result<Event, Status>>, Error> {
         let location = self.resolve(request.location).await?;
-        self.authorize(peer, &location, Access::Read).await?;
         // A member hears events only while its grant lives: once the key
         // changes (a revocation) or the grant expires, the stream ends.
-        let member = if peer.node_id == location.owner {
-            None
-        } else {
-            let epoch = self
-                .share_key(&location.key)
-                .await?
-                .ok_or(Error::Denied("not authorized for this location"))?
-                .epoch;
-            Some((peer.connection, epoch))
-        };
+        let member = self
+            .authorize(peer, &location, Access::Read)
+            .await?
+            .map(|epoch| (peer.connection, epoch));
         let grants = self.grants.clone();
         let permit = self
             .subscriptions
