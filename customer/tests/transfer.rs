@@ -151,10 +151,16 @@ impl Net {
     }
 
     async fn restart(&mut self, position: usize) {
-        let config = Config {
+        self.restart_with(position, |_| {}).await;
+    }
+
+    /// Restarts a supplier with its test config changed by `change`.
+    async fn restart_with(&mut self, position: usize, change: impl FnOnce(&mut Config)) {
+        let mut config = Config {
             listen: self.addrs[position],
             ..Config::for_tests(self.dirs[position].path())
         };
+        change(&mut config);
         self.suppliers[position] = Some(Supplier::spawn(config).await.unwrap());
     }
 
@@ -421,6 +427,60 @@ async fn an_upload_names_the_supplier_it_cannot_reach() {
     assert!(err.contains("position 1"), "{err}");
     assert!(err.contains(&net.addrs[1].to_string()), "{err}");
     assert!(err.contains("unreachable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_whose_disk_is_full_is_named_and_keeps_serving_and_deleting() {
+    let mut net = Net::start(2, "1+1", SMALL_BLOCK).await;
+    let kept = random(3 * SMALL_BLOCK);
+    net.put("kept.bin", &kept).await;
+    net.put("old.bin", &random(2 * SMALL_BLOCK)).await;
+
+    // Supplier 1's disk "fills": it must keep more free than the disk has.
+    net.stop(1).await;
+    let free = supplier::store::disk_free(net.dirs[1].path()).unwrap();
+    net.restart_with(1, |config| {
+        config.min_free_disk = bytesize::ByteSize::b(free + (1 << 40));
+    })
+    .await;
+    // A large file is staged first: refused before anything is committed.
+    let err = net
+        .try_put("big.bin", &random(4 * SMALL_BLOCK), 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("position 1"), "{err}");
+    assert!(err.contains("disk is nearly full"), "{err}");
+    assert!(
+        net.get("big.bin", None).await.is_err(),
+        "big.bin is visible"
+    );
+    // A small one rides with its commit: supplier 0 commits it (k = 1, so
+    // it is readable), supplier 1 refuses, and the error says so.
+    let small = random(100);
+    let err = net
+        .try_put("small.txt", &small, 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("committed on 1 of 2"), "{err}");
+    assert!(err.contains("position 1"), "{err}");
+    assert!(err.contains("disk is nearly full"), "{err}");
+    assert_eq!(net.get("small.txt", None).await.unwrap(), small);
+    // What it holds is still served, and the owner can still free space.
+    assert_eq!(net.get("kept.bin", None).await.unwrap(), kept);
+    net.session
+        .remove(&net.keys, &NormalPath::new("old.bin").unwrap(), None)
+        .await
+        .unwrap();
+    assert!(net.get("old.bin", None).await.is_err());
+
+    // Room again: uploads work.
+    net.stop(1).await;
+    net.restart(1).await;
+    let data = random(4 * SMALL_BLOCK);
+    net.put("big.bin", &data).await;
+    assert_eq!(net.get("big.bin", None).await.unwrap(), data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,10 @@ pub struct Config {
     pub id_server: Option<String>,
     /// Bytes this supplier offers to customers in total.
     pub capacity: ByteSize,
+    /// Bytes kept free on the data directory's disk: new fragments and
+    /// mailbox messages are refused below it, so that the database can
+    /// still flush, and customers can still delete, when the disk fills.
+    pub min_free_disk: ByteSize,
     /// Address the mutual-TLS gRPC port binds to.
     pub listen: SocketAddr,
     /// `host:port` others reach this node at. `None`: the listen address.
@@ -62,6 +66,7 @@ impl Default for Config {
             name: None,
             id_server: None,
             capacity: ByteSize::gib(10),
+            min_free_disk: ByteSize::b(crate::store::DEFAULT_MIN_FREE_DISK),
             listen: SocketAddr::from(([0, 0, 0, 0], common::id::DEFAULT_PORT)),
             public_addr: None,
             bootstrap: Vec::new(),

@@ -153,9 +153,11 @@ impl Supplier {
         let tls = Arc::new(TlsIdentity::generate(&master)?);
         let dialer = net::Dialer::new(tls.clone());
         let db_dir = db_dir(&config.data);
-        let store = tokio::task::spawn_blocking(move || Store::open(&db_dir))
+        let min_free_disk = config.min_free_disk.as_u64();
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&db_dir, min_free_disk))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
+        warn_if_disk_too_small(&config, &store);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Io {
@@ -400,6 +402,26 @@ fn spawn_collector(
             }
         }
     })
+}
+
+/// Warns when the disk cannot hold what the supplier offers: the offer is
+/// the operator's promise, and customers find out only when uploads fail.
+fn warn_if_disk_too_small(config: &Config, store: &Store) {
+    let Ok(free) = crate::store::disk_free(&db_dir(&config.data)) else {
+        return;
+    };
+    let (used, _) = store.usage();
+    let capacity = config.capacity.as_u64();
+    let room = free.saturating_sub(config.min_free_disk.as_u64());
+    if capacity.saturating_sub(used) > room {
+        warn!(
+            capacity = %config.capacity,
+            stored = %bytesize::ByteSize::b(used),
+            disk_free = %bytesize::ByteSize::b(free),
+            min_free_disk = %config.min_free_disk,
+            "the disk has less room than the capacity offered: uploads will be refused once it fills"
+        );
+    }
 }
 
 fn identity_host(config: &Config, local_addr: SocketAddr) -> Result<IdHost, Error> {

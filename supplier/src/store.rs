@@ -15,7 +15,7 @@
 //! blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::digest::{FragmentDigest, FragmentHash};
@@ -56,6 +56,22 @@ pub enum StoreError {
         needed: u64,
         /// Bytes free.
         free: u64,
+    },
+    /// The disk the database lives on is nearly full: writing would eat
+    /// into the room kept free for the database's own work.
+    #[error(
+        "supplier disk is nearly full: {} needed, {} free on disk, {} kept free for the database",
+        bytesize::ByteSize::b(*.needed),
+        bytesize::ByteSize::b(*.free),
+        bytesize::ByteSize::b(*.reserve)
+    )]
+    DiskFull {
+        /// Bytes the change needs.
+        needed: u64,
+        /// Bytes free on the file system, for unprivileged users.
+        free: u64,
+        /// Bytes the supplier keeps free.
+        reserve: u64,
     },
     /// No contract for this customer.
     #[error("no contract for this customer")]
@@ -249,6 +265,13 @@ fn direct_io_works(dir: &Path) -> bool {
         tracing::info!(dir = %dir.display(), "no direct I/O here: flushes and reads go through the page cache");
     }
     works
+}
+
+/// Bytes free on the file system holding `dir`, for unprivileged users
+/// (what RocksDB can write: root's reserved blocks do not count).
+pub fn disk_free(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Key encodings. Every key that belongs to a customer starts with the
@@ -467,7 +490,18 @@ pub struct Store {
     /// Serialises every change, so checks and writes are atomic together,
     /// and holds the totals those checks need.
     write_lock: Arc<Mutex<Ledger>>,
+    disk: Arc<Disk>,
 }
+
+/// The file system under the database, and how much of it stays free.
+#[derive(Debug)]
+struct Disk {
+    dir: PathBuf,
+    reserve: u64,
+}
+
+/// What [`Store::open`] keeps free on the database's disk by default.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 256 << 20;
 
 /// Totals kept in memory so that checks do not scan the database. Computed
 /// when the store opens and changed only under the write lock, after the
@@ -490,6 +524,7 @@ struct Ledger {
 pub struct WeakStore {
     db: std::sync::Weak<DB>,
     write_lock: std::sync::Weak<Mutex<Ledger>>,
+    disk: Arc<Disk>,
 }
 
 impl WeakStore {
@@ -498,6 +533,7 @@ impl WeakStore {
         Some(Store {
             db: self.db.upgrade()?,
             write_lock: self.write_lock.upgrade()?,
+            disk: self.disk.clone(),
         })
     }
 }
@@ -515,8 +551,18 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens or creates the database in `dir`.
+    /// Opens or creates the database in `dir`, keeping
+    /// [`DEFAULT_MIN_FREE_DISK`] free on its disk.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_MIN_FREE_DISK)
+    }
+
+    /// Opens or creates the database in `dir`. New fragments and mailbox
+    /// messages are refused while they would leave less than `min_free_disk`
+    /// bytes free on its file system: RocksDB needs room to flush and
+    /// compact, and deletes, commits and contract changes need room to be
+    /// written, so that a customer can free space on a full supplier.
+    pub fn open_with(dir: &Path, min_free_disk: u64) -> Result<Self, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -541,6 +587,10 @@ impl Store {
         let store = Self {
             db: Arc::new(db),
             write_lock: Arc::default(),
+            disk: Arc::new(Disk {
+                dir: dir.to_owned(),
+                reserve: min_free_disk,
+            }),
         };
         if store.get(Cf::Meta, SCHEMA_KEY)?.is_none() {
             let mut batch = WriteBatch::default();
@@ -601,6 +651,7 @@ impl Store {
         WeakStore {
             db: Arc::downgrade(&self.db),
             write_lock: Arc::downgrade(&self.write_lock),
+            disk: self.disk.clone(),
         }
     }
 
@@ -672,6 +723,30 @@ impl Store {
         opts.set_wait(true);
         self.db.flush_cfs_opt(&cfs, &opts)?;
         ledger.unlogged.clear();
+        Ok(())
+    }
+
+    /// Refuses a write of `needed` bytes that would leave less than the
+    /// reserve free on the database's disk. `pending` bytes are in the
+    /// memtables without the WAL and will be written by the next flush.
+    /// A file system that cannot tell its free space is not checked:
+    /// RocksDB's own error then answers.
+    fn disk_room(&self, needed: u64, pending: u64) -> Result<(), StoreError> {
+        let free = match disk_free(&self.disk.dir) {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the disk's free space");
+                return Ok(());
+            }
+        };
+        let reserve = self.disk.reserve;
+        if free < reserve.saturating_add(pending).saturating_add(needed) {
+            return Err(StoreError::DiskFull {
+                needed,
+                free,
+                reserve,
+            });
+        }
         Ok(())
     }
 
@@ -956,6 +1031,7 @@ impl Store {
                 free: capacity.saturating_sub(ledger.used_bytes),
             });
         }
+        self.disk_room(size, ledger.unlogged.values().sum())?;
         contract.used_bytes = (contract.used_bytes + size).saturating_sub(freed);
         let meta = FragmentMeta::staged(size, digest);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
@@ -1418,6 +1494,7 @@ impl Store {
         if let Err(e) = admit(&current) {
             return Ok(Err(e));
         }
+        self.disk_room(message.len() as u64, 0)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Mailbox)?, key, message);
         self.write(batch)?;
@@ -1853,6 +1930,72 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.usage(), (50, 1));
+    }
+
+    #[test]
+    fn a_nearly_full_disk_refuses_new_data_but_still_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = node(4);
+        let location = keys::location(&owner, "master");
+        let old = keys::fragment(&location, &[1; 32], 1, 0, 0);
+        let data = vec![7u8; 50_000];
+        {
+            let store = Store::open_with(dir.path(), 0).unwrap();
+            store.hire(&owner, "dave@id-a", b"k", GIB, GIB).unwrap();
+            store.stage(&owner, &old, &data, hash(&data), GIB).unwrap();
+            store
+                .commit(&Commit {
+                    owner,
+                    location: location.clone(),
+                    object_id: [1; 32],
+                    version: 1,
+                    manifest: b"m".to_vec(),
+                    fragments: vec![(0, 0, hash(&data))],
+                    keep_versions: 3,
+                })
+                .unwrap()
+                .unwrap();
+        }
+
+        // Reopened asking for more free space than the disk has: the disk
+        // is "full" for this store.
+        let reserve = disk_free(dir.path()).unwrap() + (1 << 40);
+        let store = Store::open_with(dir.path(), reserve).unwrap();
+        let new = keys::fragment(&location, &[2; 32], 1, 0, 0);
+        let err = store
+            .stage(&owner, &new, &data, hash(&data), GIB)
+            .unwrap_err();
+        let StoreError::DiskFull {
+            needed,
+            reserve: kept,
+            ..
+        } = err
+        else {
+            panic!("expected DiskFull, got {err:?}");
+        };
+        assert_eq!((needed, kept), (50_000, reserve));
+        assert!(err.to_string().contains("disk is nearly full"), "{err}");
+        // Nothing was charged or written for the refused fragment.
+        assert_eq!(store.fragment_meta(&new).unwrap(), None);
+        assert_eq!(store.usage(), (50_000, 1));
+        assert_eq!(store.contract(&owner).unwrap().unwrap().used_bytes, 50_000);
+        // Mailbox messages are refused too.
+        let key = keys::mailbox(&node(5), 1, 1);
+        let err = store
+            .post(&node(5), &key, b"hello", |_| Ok::<_, ()>(()))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
+        // What was stored stays readable, and the owner can still delete it.
+        assert_eq!(store.fragment(&old).unwrap().unwrap().payload, data);
+        let removed = store.delete(&owner, &location, &[1; 32], None).unwrap();
+        assert_eq!(removed.bytes, 50_000);
+        assert_eq!(store.usage(), (0, 0));
+        drop(store);
+
+        // With room again, the same fragment is accepted.
+        let store = Store::open_with(dir.path(), 0).unwrap();
+        store.stage(&owner, &new, &data, hash(&data), GIB).unwrap();
+        assert_eq!(store.usage().0, 50_000);
     }
 
     #[test]

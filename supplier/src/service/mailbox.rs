@@ -172,6 +172,10 @@ impl MailboxService {
 }
 
 fn store_status(e: StoreError) -> Status {
+    if let StoreError::DiskFull { .. } = e {
+        tracing::warn!(error = %e, "mailbox message refused");
+        return Status::resource_exhausted("supplier disk is full");
+    }
     tracing::error!(error = %e, "mailbox storage failure");
     Status::internal("storage failure")
 }

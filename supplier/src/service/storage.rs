@@ -124,9 +124,9 @@ enum Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::QuotaExceeded { .. } | StoreError::Full { .. } => {
-                Self::Exhausted(e.to_string())
-            }
+            StoreError::QuotaExceeded { .. }
+            | StoreError::Full { .. }
+            | StoreError::DiskFull { .. } => Self::Exhausted(e.to_string()),
             StoreError::NoContract => {
                 Self::Precondition("no contract with this supplier: hire it first".into())
             }
