@@ -483,6 +483,48 @@ async fn a_supplier_whose_disk_is_full_is_named_and_keeps_serving_and_deleting()
     assert_eq!(net.get("big.bin", None).await.unwrap(), data);
 }
 
+/// Bytes in a supplier's blob files, where fragment payloads live.
+fn blob_file_bytes(data_dir: &Path) -> u64 {
+    std::fs::read_dir(supplier::db_dir(data_dir))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "blob"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_files_gives_the_suppliers_disk_space_back() {
+    let net = Net::start(2, "1+1", customer::pipeline::DEFAULT_BLOCK_SIZE).await;
+    let block = customer::pipeline::DEFAULT_BLOCK_SIZE;
+    let kept = random(block);
+    net.put("kept.bin", &kept).await;
+    net.put("gone.bin", &random(8 * block)).await;
+    let stored = blob_file_bytes(net.dirs[1].path());
+    assert!(stored >= 9 * block as u64, "{stored} bytes in blob files");
+
+    net.session
+        .remove(&net.keys, &NormalPath::new("gone.bin").unwrap(), None)
+        .await
+        .unwrap();
+    // With no further writes to trigger compactions, the supplier still
+    // gives the removed file's space back, soon.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = blob_file_bytes(net.dirs[1].path());
+        if now <= 2 * block as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} bytes still in blob files after removing {}",
+            8 * block
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(net.get("kept.bin", None).await.unwrap(), kept);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_committed_on_too_few_suppliers_does_not_hide_the_last_whole_one() {
     let mut net = Net::start(4, "2+2", SMALL_BLOCK).await;

@@ -264,6 +264,7 @@ impl Supplier {
             .add_service(MailboxServer::new(mailbox).max_decoding_message_size(TRANSPORT_LIMIT))
             .add_optional_service(identity.map(|s| s.max_decoding_message_size(TRANSPORT_LIMIT)));
 
+        workers.push(spawn_reclaimer(store.clone(), cancel.child_token()));
         workers.push(spawn_collector(
             store.clone(),
             metrics,
@@ -399,6 +400,36 @@ fn spawn_collector(
                     metrics.set_usage(bytes, fragments);
                 }
                 Err(e) => warn!(error = %e, "collecting staged fragments failed"),
+            }
+        }
+    })
+}
+
+/// How long the reclaimer lets a burst of deletes (a directory removed file
+/// by file) go on before it compacts.
+const RECLAIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives the disk space of deleted fragments back (see [`Store::reclaim`])
+/// whenever deletes leave some, so that a full supplier whose customers
+/// delete can take uploads again.
+fn spawn_reclaimer(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = store.garbage_left() => {}
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(RECLAIM_DELAY) => {}
+            }
+            match store.run(Store::reclaim).await {
+                Ok(0) => {}
+                Ok(bytes) => info!(
+                    freed = %bytesize::ByteSize::b(bytes),
+                    "gave the disk space of deleted fragments back"
+                ),
+                Err(e) => warn!(error = %e, "reclaiming the space of deleted fragments failed"),
             }
         }
     })

@@ -22,9 +22,10 @@ use common::digest::{FragmentDigest, FragmentHash};
 use common::id::NodeId;
 use prost::Message;
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DB, DBCompressionType,
+    Direction, FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
 };
+use tokio::sync::Notify;
 
 /// A storage failure or a refused change.
 #[derive(Debug, thiserror::Error)]
@@ -491,6 +492,8 @@ pub struct Store {
     /// and holds the totals those checks need.
     write_lock: Arc<Mutex<Ledger>>,
     disk: Arc<Disk>,
+    /// Signalled when deletes leave garbage to reclaim.
+    garbage: Arc<Notify>,
 }
 
 /// The file system under the database, and how much of it stays free.
@@ -517,6 +520,9 @@ struct Ledger {
     /// memtable flushes RocksDB makes on its own are not seen, so this
     /// over-approximates, which is safe.
     unlogged: HashMap<Vec<u8>, u64>,
+    /// Bytes deleted since the last [`Store::reclaim`]: still on disk until
+    /// a compaction drops them.
+    garbage_bytes: u64,
 }
 
 /// A handle that does not keep the database open.
@@ -525,6 +531,7 @@ pub struct WeakStore {
     db: std::sync::Weak<DB>,
     write_lock: std::sync::Weak<Mutex<Ledger>>,
     disk: Arc<Disk>,
+    garbage: Arc<Notify>,
 }
 
 impl WeakStore {
@@ -534,6 +541,7 @@ impl WeakStore {
             db: self.db.upgrade()?,
             write_lock: self.write_lock.upgrade()?,
             disk: self.disk.clone(),
+            garbage: self.garbage.clone(),
         })
     }
 }
@@ -591,6 +599,7 @@ impl Store {
                 dir: dir.to_owned(),
                 reserve: min_free_disk,
             }),
+            garbage: Arc::default(),
         };
         if store.get(Cf::Meta, SCHEMA_KEY)?.is_none() {
             let mut batch = WriteBatch::default();
@@ -638,10 +647,14 @@ impl Store {
         if !batch.is_empty() {
             self.write(batch)?;
         }
+        // Deletes made before this start may not have been reclaimed: one
+        // pass of Store::reclaim finds out.
+        self.garbage.notify_one();
         Ok(Ledger {
             used_bytes,
             committed_fragments: committed,
             unlogged: HashMap::new(),
+            garbage_bytes: 1,
         })
     }
 
@@ -652,6 +665,7 @@ impl Store {
             db: Arc::downgrade(&self.db),
             write_lock: Arc::downgrade(&self.write_lock),
             disk: self.disk.clone(),
+            garbage: self.garbage.clone(),
         }
     }
 
@@ -748,6 +762,85 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Records `bytes` given back by a write just made: no longer charged,
+    /// and garbage on disk until [`Store::reclaim`].
+    fn freed(&self, ledger: &mut Ledger, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        ledger.used_bytes = ledger.used_bytes.saturating_sub(bytes);
+        ledger.garbage_bytes = ledger.garbage_bytes.saturating_add(bytes);
+        self.garbage.notify_one();
+    }
+
+    /// Waits until deletes have left garbage that [`Store::reclaim`] can
+    /// give back to the disk.
+    pub async fn garbage_left(&self) {
+        self.garbage.notified().await;
+    }
+
+    /// Gives the disk space of deleted fragments back to the file system.
+    ///
+    /// RocksDB deletes by writing tombstones; the bytes stay on disk until
+    /// a compaction drops the deleted keys, and a blob file is removed only
+    /// once every fragment in it is deleted. Without writes to trigger
+    /// compactions a full supplier whose customers delete would never get
+    /// its space back. So this compacts the fragments' key space (cheap:
+    /// its SST files hold only references into the blob files), and when
+    /// more than a quarter of the blob bytes are then known to be garbage,
+    /// compacts once more with blob garbage collection, which moves the
+    /// live fragments out of partly deleted blob files.
+    ///
+    /// Returns the blob bytes given back. Does nothing when nothing was
+    /// deleted since the last call.
+    pub fn reclaim(&self) -> Result<u64, StoreError> {
+        let garbage = std::mem::take(&mut self.lock().garbage_bytes);
+        if garbage == 0 {
+            return Ok(0);
+        }
+        let cf = self.cf(Cf::Fragments)?;
+        let before = self.blob_bytes()?;
+        let mut opts = CompactOptions::default();
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+        let live = self.int_property(Cf::Fragments, "rocksdb.live-blob-file-size")?;
+        let dead = self.int_property(Cf::Fragments, "rocksdb.live-blob-file-garbage-size")?;
+        if dead > 0 && dead >= live / 4 {
+            self.db.set_options_cf(
+                cf,
+                &[
+                    ("enable_blob_garbage_collection", "true"),
+                    ("blob_garbage_collection_age_cutoff", "1.0"),
+                ],
+            )?;
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+            // Back to the defaults of Cf::options: collection during the
+            // compactions uploads cause doubled their CPU.
+            self.db.set_options_cf(
+                cf,
+                &[
+                    ("enable_blob_garbage_collection", "false"),
+                    ("blob_garbage_collection_age_cutoff", "0.25"),
+                ],
+            )?;
+        }
+        Ok(before.saturating_sub(self.blob_bytes()?))
+    }
+
+    /// Bytes in the fragments' blob files, live and garbage.
+    pub fn blob_bytes(&self) -> Result<u64, StoreError> {
+        self.int_property(Cf::Fragments, "rocksdb.total-blob-file-size")
+    }
+
+    fn int_property(&self, cf: Cf, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(cf)?, name)?
+            .unwrap_or(0))
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -912,7 +1005,7 @@ impl Store {
         batch.delete_cf(self.cf(Cf::Contracts)?, owner.as_bytes());
         batch.delete_cf(self.cf(Cf::Customers)?, contract.user_id.as_bytes());
         self.write(batch)?;
-        ledger.used_bytes = ledger.used_bytes.saturating_sub(contract.used_bytes);
+        self.freed(&mut ledger, contract.used_bytes);
         ledger.committed_fragments = ledger.committed_fragments.saturating_sub(committed);
         Ok(())
     }
@@ -1046,7 +1139,8 @@ impl Store {
         } else {
             self.write_unsynced(batch)?;
         }
-        ledger.used_bytes = (ledger.used_bytes + size).saturating_sub(freed);
+        ledger.used_bytes = ledger.used_bytes.saturating_add(size);
+        self.freed(ledger, freed);
         if ledger.unlogged.len() > MAX_UNLOGGED {
             self.flush_unlogged(ledger)?;
         }
@@ -1174,7 +1268,7 @@ impl Store {
         }
         let released = self.charge_release(&mut batch, &commit.owner, removed.bytes)?;
         self.write(batch)?;
-        ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
+        self.freed(&mut ledger, released);
         ledger.committed_fragments =
             (ledger.committed_fragments + newly_committed.len() as u64).saturating_sub(uncommitted);
         for (key, _) in &unlogged {
@@ -1286,7 +1380,7 @@ impl Store {
         }
         let released = self.charge_release(&mut batch, owner, removed.bytes)?;
         self.write(batch)?;
-        ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
+        self.freed(&mut ledger, released);
         ledger.committed_fragments = ledger.committed_fragments.saturating_sub(uncommitted);
         Ok(removed)
     }
@@ -1381,7 +1475,7 @@ impl Store {
         }
         if count > 0 {
             self.write(batch)?;
-            ledger.used_bytes = ledger.used_bytes.saturating_sub(released);
+            self.freed(&mut ledger, released);
         }
         Ok((count, total))
     }
@@ -1996,6 +2090,67 @@ mod tests {
         let store = Store::open_with(dir.path(), 0).unwrap();
         store.stage(&owner, &new, &data, hash(&data), GIB).unwrap();
         assert_eq!(store.usage().0, 50_000);
+    }
+
+    #[test]
+    fn deleted_fragments_give_their_disk_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = node(6);
+        store.hire(&owner, "erin@id-a", b"k", GIB, GIB).unwrap();
+        let location = keys::location(&owner, "master");
+        // Two objects of four 300 KiB fragments, staged together so that
+        // every blob file holds fragments of both.
+        let mut fragments: BTreeMap<u8, Vec<(u64, FragmentDigest)>> = BTreeMap::new();
+        for block in 0..4u64 {
+            for object in [1u8, 2] {
+                let data = vec![object * 10 + block as u8; 300 << 10];
+                let key = keys::fragment(&location, &[object; 32], 1, block, 0);
+                store.stage(&owner, &key, &data, hash(&data), GIB).unwrap();
+                fragments
+                    .entry(object)
+                    .or_default()
+                    .push((block, hash(&data)));
+            }
+        }
+        store.flush_unlogged(&mut store.lock()).unwrap();
+        for (&object, list) in &fragments {
+            store
+                .commit(&Commit {
+                    owner,
+                    location: location.clone(),
+                    object_id: [object; 32],
+                    version: 1,
+                    manifest: vec![object],
+                    fragments: list.iter().map(|&(b, d)| (b, 0, d)).collect(),
+                    keep_versions: 3,
+                })
+                .unwrap()
+                .unwrap();
+        }
+        let full = store.blob_bytes().unwrap();
+        assert!(full >= 8 * (300 << 10), "{full} bytes in blob files");
+        // Nothing deleted: nothing to give back (the pass at open finds
+        // nothing either).
+        assert_eq!(store.reclaim().unwrap(), 0);
+        assert_eq!(store.reclaim().unwrap(), 0);
+
+        // Half of every blob file is deleted: the live half is moved out.
+        store.delete(&owner, &location, &[1; 32], None).unwrap();
+        let freed = store.reclaim().unwrap();
+        let half = store.blob_bytes().unwrap();
+        assert_eq!(freed, full - half);
+        assert!(half <= full / 2 + (64 << 10), "{half} of {full} left");
+        for block in 0..4u64 {
+            let key = keys::fragment(&location, &[2; 32], 1, block, 0);
+            let payload = store.fragment(&key).unwrap().unwrap().payload;
+            assert_eq!(payload, vec![20 + block as u8; 300 << 10]);
+        }
+
+        // Everything deleted: nothing is left on disk.
+        store.delete(&owner, &location, &[2; 32], None).unwrap();
+        store.reclaim().unwrap();
+        assert_eq!(store.blob_bytes().unwrap(), 0);
     }
 
     #[test]
