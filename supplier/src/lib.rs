@@ -388,6 +388,20 @@ fn spawn_collector(
             if let Ok(stats) = dht.stats().await {
                 metrics.set_dht(&stats);
             }
+            match store
+                .run(|store| Ok((store.disk_free(), store.blob_bytes())))
+                .await
+            {
+                Ok((free, files)) => {
+                    if let Ok(free) = free {
+                        metrics.disk_free_bytes.set(free);
+                    }
+                    if let Ok(files) = files {
+                        metrics.fragment_file_bytes.set(files);
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading disk usage failed"),
+            }
             let cutoff = common::unix_now() - i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
             match store.run(move |store| store.collect_staged(cutoff)).await {
                 Ok((0, _)) => {}

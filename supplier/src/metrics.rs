@@ -39,6 +39,11 @@ pub struct Metrics {
     pub stored_bytes: Gauge<u64, AtomicU64>,
     /// Committed fragments.
     pub fragments: Gauge<u64, AtomicU64>,
+    /// Bytes free on the data directory's disk.
+    pub disk_free_bytes: Gauge<u64, AtomicU64>,
+    /// Bytes of the files holding fragment payloads, deleted ones not yet
+    /// reclaimed included.
+    pub fragment_file_bytes: Gauge<u64, AtomicU64>,
     /// Open `Subscribe` streams.
     pub subscriptions: Gauge,
     /// Contacts in the DHT routing table.
@@ -60,6 +65,8 @@ impl Default for Metrics {
         let auth_failures = Counter::default();
         let stored_bytes = Gauge::<u64, AtomicU64>::default();
         let fragments = Gauge::<u64, AtomicU64>::default();
+        let disk_free_bytes = Gauge::<u64, AtomicU64>::default();
+        let fragment_file_bytes = Gauge::<u64, AtomicU64>::default();
         let subscriptions = Gauge::default();
         let dht_contacts = Gauge::<u64, AtomicU64>::default();
         let dht_records = Gauge::<u64, AtomicU64>::default();
@@ -82,6 +89,16 @@ impl Default for Metrics {
             stored_bytes.clone(),
         );
         registry.register("fragments", "committed fragments", fragments.clone());
+        registry.register(
+            "disk_free_bytes",
+            "bytes free on the data directory's disk",
+            disk_free_bytes.clone(),
+        );
+        registry.register(
+            "fragment_file_bytes",
+            "bytes of the files holding fragment payloads, deleted ones not yet reclaimed included",
+            fragment_file_bytes.clone(),
+        );
         registry.register(
             "subscriptions",
             "open update subscriptions",
@@ -110,6 +127,8 @@ impl Default for Metrics {
             auth_failures,
             stored_bytes,
             fragments,
+            disk_free_bytes,
+            fragment_file_bytes,
             subscriptions,
             dht_contacts,
             dht_records,

@@ -831,6 +831,11 @@ impl Store {
         Ok(before.saturating_sub(self.blob_bytes()?))
     }
 
+    /// Bytes free on the database's disk, for unprivileged users.
+    pub fn disk_free(&self) -> std::io::Result<u64> {
+        disk_free(&self.disk.dir)
+    }
+
     /// Bytes in the fragments' blob files, live and garbage.
     pub fn blob_bytes(&self) -> Result<u64, StoreError> {
         self.int_property(Cf::Fragments, "rocksdb.total-blob-file-size")

@@ -1557,6 +1557,16 @@ async fn metrics_and_health_answer() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // The disk gauges carry real figures: this test's disk has room.
+    let gauge = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("missing {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(gauge("silt_supplier_disk_free_bytes") > 0);
+    gauge("silt_supplier_fragment_file_bytes");
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
 }
 
