@@ -741,11 +741,11 @@ impl Store {
     }
 
     /// Refuses a write of `needed` bytes that would leave less than the
-    /// reserve free on the database's disk. `pending` bytes are in the
-    /// memtables without the WAL and will be written by the next flush.
-    /// A file system that cannot tell its free space is not checked:
-    /// RocksDB's own error then answers.
-    fn disk_room(&self, needed: u64, pending: u64) -> Result<(), StoreError> {
+    /// reserve free on the database's disk. What the memtables hold counts
+    /// as written: the next flush writes it. A file system that cannot
+    /// tell its free space is not checked: RocksDB's own error then
+    /// answers.
+    fn disk_room(&self, needed: u64) -> Result<(), StoreError> {
         let free = match disk_free(&self.disk.dir) {
             Ok(free) => free,
             Err(e) => {
@@ -754,6 +754,7 @@ impl Store {
             }
         };
         let reserve = self.disk.reserve;
+        let pending = self.int_property(Cf::Fragments, "rocksdb.cur-size-all-mem-tables")?;
         if free < reserve.saturating_add(pending).saturating_add(needed) {
             return Err(StoreError::DiskFull {
                 needed,
@@ -1129,7 +1130,7 @@ impl Store {
                 free: capacity.saturating_sub(ledger.used_bytes),
             });
         }
-        self.disk_room(size, ledger.unlogged.values().sum())?;
+        self.disk_room(size)?;
         contract.used_bytes = (contract.used_bytes + size).saturating_sub(freed);
         let meta = FragmentMeta::staged(size, digest);
         batch.put_cf(self.cf(Cf::FragmentMeta)?, key, meta.encode_to_vec());
@@ -1593,7 +1594,7 @@ impl Store {
         if let Err(e) = admit(&current) {
             return Ok(Err(e));
         }
-        self.disk_room(message.len() as u64, 0)?;
+        self.disk_room(message.len() as u64)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(Cf::Mailbox)?, key, message);
         self.write(batch)?;
