@@ -483,13 +483,15 @@ async fn a_supplier_whose_disk_is_full_is_named_and_keeps_serving_and_deleting()
     assert_eq!(net.get("big.bin", None).await.unwrap(), data);
 }
 
-/// Bytes in a supplier's blob files, where fragment payloads live.
+/// Bytes in a supplier's blob files, where fragment payloads live. A file
+/// deleted while this looks counts as gone.
 fn blob_file_bytes(data_dir: &Path) -> u64 {
     std::fs::read_dir(supplier::db_dir(data_dir))
         .unwrap()
-        .map(|entry| entry.unwrap())
+        .filter_map(|entry| entry.ok())
         .filter(|entry| entry.path().extension().is_some_and(|e| e == "blob"))
-        .map(|entry| entry.metadata().unwrap().len())
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
         .sum()
 }
 

@@ -419,13 +419,16 @@ fn spawn_collector(
     })
 }
 
-/// How long the reclaimer lets a burst of deletes (a directory removed file
-/// by file) go on before it compacts.
-const RECLAIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the reclaimer waits for a burst of deletes (a directory removed
+/// file by file) to end before it compacts, and the longest it waits while
+/// deletes go on.
+const RECLAIM_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+const RECLAIM_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Gives the disk space of deleted fragments back (see [`Store::reclaim`])
-/// whenever deletes leave some, so that a full supplier whose customers
-/// delete can take uploads again.
+/// once deletes have left enough of it, so that a full supplier whose
+/// customers delete can take uploads again. A shutdown stops a running
+/// pass.
 fn spawn_reclaimer(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -433,11 +436,32 @@ fn spawn_reclaimer(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
                 () = cancel.cancelled() => break,
                 () = store.garbage_left() => {}
             }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(RECLAIM_DELAY) => {}
+            let deadline = tokio::time::Instant::now() + RECLAIM_MAX_WAIT;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(RECLAIM_QUIET) => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = store.garbage_left() => {}
+                }
             }
-            match store.run(Store::reclaim).await {
+            let work = store.run(|store| {
+                if store.reclaim_due() {
+                    store.reclaim()
+                } else {
+                    Ok(0)
+                }
+            });
+            tokio::pin!(work);
+            let result = tokio::select! {
+                result = &mut work => result,
+                () = cancel.cancelled() => {
+                    store.stop_background_work();
+                    let _ = work.await;
+                    return;
+                }
+            };
+            match result {
                 Ok(0) => {}
                 Ok(bytes) => info!(
                     freed = %bytesize::ByteSize::b(bytes),

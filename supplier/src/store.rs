@@ -782,6 +782,31 @@ impl Store {
         self.garbage.notified().await;
     }
 
+    /// Whether enough has been deleted since the last [`Store::reclaim`]
+    /// for a pass to be worth its compaction: an eighth of what is stored
+    /// (at least 16 MiB, at most 1 GiB), or anything at all once the disk
+    /// is short of room. Compacting after every small delete would flush
+    /// the memtables every second on a busy supplier.
+    pub fn reclaim_due(&self) -> bool {
+        let (garbage, used) = {
+            let ledger = self.lock();
+            (ledger.garbage_bytes, ledger.used_bytes)
+        };
+        if garbage == 0 {
+            return false;
+        }
+        let threshold = (used / 8).clamp(16 << 20, 1 << 30);
+        garbage >= threshold || self.disk_short()
+    }
+
+    /// Whether the room left above the reserve is small: below the larger
+    /// of the reserve and 256 MiB.
+    fn disk_short(&self) -> bool {
+        self.disk_free().is_ok_and(|free| {
+            free.saturating_sub(self.disk.reserve) < self.disk.reserve.max(256 << 20)
+        })
+    }
+
     /// Gives the disk space of deleted fragments back to the file system.
     ///
     /// RocksDB deletes by writing tombstones; the bytes stay on disk until
@@ -790,46 +815,109 @@ impl Store {
     /// compactions a full supplier whose customers delete would never get
     /// its space back. So this compacts the fragments' key space (cheap:
     /// its SST files hold only references into the blob files), and when
-    /// more than a quarter of the blob bytes are then known to be garbage,
-    /// compacts once more with blob garbage collection, which moves the
-    /// live fragments out of partly deleted blob files.
+    /// more than a quarter of the blob bytes are then known to be garbage
+    /// and the disk has room to copy the live ones, compacts once more with
+    /// blob garbage collection, which moves the live fragments out of
+    /// partly deleted blob files.
     ///
     /// Returns the blob bytes given back. Does nothing when nothing was
-    /// deleted since the last call.
+    /// deleted since the last call. On an error the deletes stay counted,
+    /// for the next call.
     pub fn reclaim(&self) -> Result<u64, StoreError> {
         let garbage = std::mem::take(&mut self.lock().garbage_bytes);
         if garbage == 0 {
             return Ok(0);
         }
+        let result = self.compact_garbage();
+        if result.is_err() {
+            let mut ledger = self.lock();
+            ledger.garbage_bytes = ledger.garbage_bytes.saturating_add(garbage);
+        }
+        result
+    }
+
+    fn compact_garbage(&self) -> Result<u64, StoreError> {
         let cf = self.cf(Cf::Fragments)?;
         let before = self.blob_bytes()?;
+        let errors = self.background_errors()?;
         let mut opts = CompactOptions::default();
         opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         self.db
             .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
-        let live = self.int_property(Cf::Fragments, "rocksdb.live-blob-file-size")?;
+        self.check_background_errors(errors)?;
+        let total = self.int_property(Cf::Fragments, "rocksdb.live-blob-file-size")?;
         let dead = self.int_property(Cf::Fragments, "rocksdb.live-blob-file-garbage-size")?;
-        if dead > 0 && dead >= live / 4 {
-            self.db.set_options_cf(
-                cf,
-                &[
-                    ("enable_blob_garbage_collection", "true"),
-                    ("blob_garbage_collection_age_cutoff", "1.0"),
-                ],
-            )?;
-            self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
-            // Back to the defaults of Cf::options: collection during the
-            // compactions uploads cause doubled their CPU.
-            self.db.set_options_cf(
-                cf,
-                &[
-                    ("enable_blob_garbage_collection", "false"),
-                    ("blob_garbage_collection_age_cutoff", "0.25"),
-                ],
-            )?;
+        let live = total.saturating_sub(dead);
+        // Collection writes the live fragments anew before the old files
+        // go: it needs that much room above the reserve, or it would eat
+        // into what flushes and deletes need.
+        let room = self
+            .disk_free()
+            .map_or(0, |free| free.saturating_sub(self.disk.reserve));
+        if dead > 0 && dead >= total / 4 {
+            if live.saturating_add(64 << 20) > room {
+                tracing::warn!(
+                    garbage = dead,
+                    live,
+                    room,
+                    "deleted fragments share files with live ones, and the disk has no room to \
+                     move the live ones out: their space stays in use"
+                );
+            } else {
+                let enabled = self.db.set_options_cf(
+                    cf,
+                    &[
+                        ("enable_blob_garbage_collection", "true"),
+                        ("blob_garbage_collection_age_cutoff", "1.0"),
+                    ],
+                );
+                if enabled.is_ok() {
+                    self.db
+                        .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+                }
+                // Back to the settings of Cf::options whatever happened:
+                // collection during the compactions uploads cause doubled
+                // their CPU. RocksDB applies options before it writes them
+                // to its OPTIONS file, so a failed call may still have
+                // turned collection on.
+                self.db.set_options_cf(
+                    cf,
+                    &[
+                        ("enable_blob_garbage_collection", "false"),
+                        ("blob_garbage_collection_age_cutoff", "0.25"),
+                    ],
+                )?;
+                enabled?;
+                self.check_background_errors(errors)?;
+            }
         }
         Ok(before.saturating_sub(self.blob_bytes()?))
+    }
+
+    /// RocksDB reports a failed manual compaction only by counting a
+    /// background error: more than `before` means one failed.
+    fn check_background_errors(&self, before: u64) -> Result<(), StoreError> {
+        let now = self.background_errors()?;
+        if now > before {
+            return Err(StoreError::Db(format!(
+                "compaction failed ({} new background errors; see the database's LOG)",
+                now - before
+            )));
+        }
+        Ok(())
+    }
+
+    fn background_errors(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .property_int_value("rocksdb.background-errors")?
+            .unwrap_or(0))
+    }
+
+    /// Stops compactions, a running [`Store::reclaim`] included, for a
+    /// shutdown: the store takes no more background work afterwards.
+    pub fn stop_background_work(&self) {
+        self.db.cancel_all_background_work(false);
     }
 
     /// Bytes free on the database's disk, for unprivileged users.
@@ -2139,10 +2227,13 @@ mod tests {
         // Nothing deleted: nothing to give back (the pass at open finds
         // nothing either).
         assert_eq!(store.reclaim().unwrap(), 0);
-        assert_eq!(store.reclaim().unwrap(), 0);
+        assert!(!store.reclaim_due());
 
         // Half of every blob file is deleted: the live half is moved out.
         store.delete(&owner, &location, &[1; 32], None).unwrap();
+        // 1.2 MiB deleted is not worth a compaction on its own, unless
+        // this disk is short of room.
+        assert_eq!(store.reclaim_due(), store.disk_short());
         let freed = store.reclaim().unwrap();
         let half = store.blob_bytes().unwrap();
         assert_eq!(freed, full - half);

@@ -1557,16 +1557,28 @@ async fn metrics_and_health_answer() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
-    // The disk gauges carry real figures: this test's disk has room.
-    let gauge = |name: &str| -> u64 {
+    // The disk gauges carry real figures (this test's disk has room) once
+    // the collector has run.
+    let gauge = |text: &str, name: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .unwrap_or_else(|| panic!("missing {name} in\n{text}"))
             .parse()
             .unwrap()
     };
-    assert!(gauge("silt_supplier_disk_free_bytes") > 0);
-    gauge("silt_supplier_fragment_file_bytes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http_get(addr, "/metrics").await;
+        gauge(&text, "silt_supplier_fragment_file_bytes");
+        if gauge(&text, "silt_supplier_disk_free_bytes") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no disk figures in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
 }
 
