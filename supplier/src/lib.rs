@@ -476,17 +476,15 @@ fn spawn_reclaimer(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
 /// Warns when the disk cannot hold what the supplier offers: the offer is
 /// the operator's promise, and customers find out only when uploads fail.
 fn warn_if_disk_too_small(config: &Config, store: &Store) {
-    let Ok(free) = crate::store::disk_free(&db_dir(&config.data)) else {
+    let Ok(room) = store.room_above_reserve() else {
         return;
     };
     let (used, _) = store.usage();
-    let capacity = config.capacity.as_u64();
-    let room = free.saturating_sub(config.min_free_disk.as_u64());
-    if capacity.saturating_sub(used) > room {
+    if config.capacity.as_u64().saturating_sub(used) > room {
         warn!(
             capacity = %config.capacity,
             stored = %bytesize::ByteSize::b(used),
-            disk_free = %bytesize::ByteSize::b(free),
+            room = %bytesize::ByteSize::b(room),
             min_free_disk = %config.min_free_disk,
             "the disk has less room than the capacity offered: uploads will be refused once it fills"
         );

@@ -746,7 +746,7 @@ impl Store {
     /// tell its free space is not checked: RocksDB's own error then
     /// answers.
     fn disk_room(&self, needed: u64) -> Result<(), StoreError> {
-        let free = match disk_free(&self.disk.dir) {
+        let free = match self.disk_free() {
             Ok(free) => free,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the disk's free space");
@@ -802,9 +802,8 @@ impl Store {
     /// Whether the room left above the reserve is small: below the larger
     /// of the reserve and 256 MiB.
     fn disk_short(&self) -> bool {
-        self.disk_free().is_ok_and(|free| {
-            free.saturating_sub(self.disk.reserve) < self.disk.reserve.max(256 << 20)
-        })
+        self.room_above_reserve()
+            .is_ok_and(|room| room < self.disk.reserve.max(256 << 20))
     }
 
     /// Gives the disk space of deleted fragments back to the file system.
@@ -851,9 +850,7 @@ impl Store {
         // Collection writes the live fragments anew before the old files
         // go: it needs that much room above the reserve, or it would eat
         // into what flushes and deletes need.
-        let room = self
-            .disk_free()
-            .map_or(0, |free| free.saturating_sub(self.disk.reserve));
+        let room = self.room_above_reserve().unwrap_or(0);
         if dead > 0 && dead >= total / 4 {
             if live.saturating_add(64 << 20) > room {
                 tracing::warn!(
@@ -923,6 +920,11 @@ impl Store {
     /// Bytes free on the database's disk, for unprivileged users.
     pub fn disk_free(&self) -> std::io::Result<u64> {
         disk_free(&self.disk.dir)
+    }
+
+    /// Bytes free on the database's disk beyond what it keeps free.
+    pub fn room_above_reserve(&self) -> std::io::Result<u64> {
+        Ok(self.disk_free()?.saturating_sub(self.disk.reserve))
     }
 
     /// Bytes in the fragments' blob files, live and garbage.
@@ -1721,6 +1723,27 @@ mod tests {
         FragmentDigest::of(FragmentHash::Blake3, data)
     }
 
+    /// Stages and commits `data` as the one fragment of version 1 of
+    /// object `[object; 32]` in `owner`'s master location; returns its key.
+    fn store_one(store: &Store, owner: NodeId, object: u8, data: &[u8]) -> Vec<u8> {
+        let location = keys::location(&owner, "master");
+        let key = keys::fragment(&location, &[object; 32], 1, 0, 0);
+        store.stage(&owner, &key, data, hash(data), GIB).unwrap();
+        store
+            .commit(&Commit {
+                owner,
+                location,
+                object_id: [object; 32],
+                version: 1,
+                manifest: b"m".to_vec(),
+                fragments: vec![(0, 0, hash(data))],
+                keep_versions: 3,
+            })
+            .unwrap()
+            .unwrap();
+        key
+    }
+
     #[test]
     fn identities_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -2125,25 +2148,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let owner = node(4);
         let location = keys::location(&owner, "master");
-        let old = keys::fragment(&location, &[1; 32], 1, 0, 0);
         let data = vec![7u8; 50_000];
-        {
+        let old = {
             let store = Store::open_with(dir.path(), 0).unwrap();
             store.hire(&owner, "dave@id-a", b"k", GIB, GIB).unwrap();
-            store.stage(&owner, &old, &data, hash(&data), GIB).unwrap();
-            store
-                .commit(&Commit {
-                    owner,
-                    location: location.clone(),
-                    object_id: [1; 32],
-                    version: 1,
-                    manifest: b"m".to_vec(),
-                    fragments: vec![(0, 0, hash(&data))],
-                    keep_versions: 3,
-                })
-                .unwrap()
-                .unwrap();
-        }
+            store_one(&store, owner, 1, &data)
+        };
 
         // Reopened asking for more free space than the disk has: the disk
         // is "full" for this store.
@@ -2254,26 +2264,12 @@ mod tests {
     fn committed_data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let owner = node(3);
-        let location = keys::location(&owner, "master");
-        let key = keys::fragment(&location, &[1; 32], 1, 0, 0);
         let data = vec![42u8; 100_000];
-        {
+        let key = {
             let store = Store::open(dir.path()).unwrap();
             store.hire(&owner, "carol@id-a", b"k", GIB, GIB).unwrap();
-            store.stage(&owner, &key, &data, hash(&data), GIB).unwrap();
-            store
-                .commit(&Commit {
-                    owner,
-                    location: location.clone(),
-                    object_id: [1; 32],
-                    version: 1,
-                    manifest: b"m".to_vec(),
-                    fragments: vec![(0, 0, hash(&data))],
-                    keep_versions: 3,
-                })
-                .unwrap()
-                .unwrap();
-        }
+            store_one(&store, owner, 1, &data)
+        };
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.fragment(&key).unwrap().unwrap().payload, data);
         assert_eq!(store.usage(), (100_000, 1));
