@@ -129,6 +129,17 @@ pub enum Error {
         /// The cap.
         max: usize,
     },
+    /// A signer that nobody here vouches for already has as many records
+    /// in this store as one stranger may.
+    #[error("record {key}: its signer {signer} already has {max} records here")]
+    SignerQuota {
+        /// The record key.
+        key: RecordKey,
+        /// The node ID of the record's signer.
+        signer: NodeId,
+        /// How many records one stranger may have held.
+        max: usize,
+    },
     /// The encoded record is larger than allowed.
     #[error("record is {size} bytes, more than the {max} allowed")]
     TooLarge {

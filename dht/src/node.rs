@@ -57,7 +57,9 @@ pub use self::seed::SeedResolver;
 use crate::contact::Contact;
 use crate::distance::Key;
 use crate::query::{Query, Versioned};
-use crate::record::{MemoryStore, Record, RecordKey, RecordKind, RecordStore, newest};
+use crate::record::{
+    DEFAULT_MAX_RECORDS, MemoryStore, Record, RecordKey, RecordKind, RecordStore, Standing, newest,
+};
 use crate::signer::{NoSigners, SignerCache, SignerResolver};
 
 /// Why a node operation failed.
@@ -170,10 +172,11 @@ impl DhtNode {
     /// `dialer`: its node ID is the dialer's. It starts with a
     /// [`MemoryStore`], [`NoSigners`] and the system's DNS configuration.
     pub fn new(config: Config, dialer: Dialer) -> Self {
+        let local = dialer.node_id().into();
         Self {
             config,
             dialer,
-            store: Box::new(MemoryStore::default()),
+            store: Box::new(MemoryStore::new(local, DEFAULT_MAX_RECORDS)),
             signers: Arc::new(NoSigners),
             seeds: SeedResolver::system(),
         }
@@ -635,6 +638,12 @@ impl Shared {
         if let Some(signer) = self.pinned(user).await {
             return Ok(Some(signer));
         }
+        self.signer_from_dht(user).await
+    }
+
+    /// The signer of `user`'s `identity/` record in the DHT (with
+    /// [`Config::identity_fallback`]), cached.
+    async fn signer_from_dht(&self, user: &UserId) -> Result<Option<NodeId>, NodeError> {
         if !self.config.identity_fallback {
             return Ok(None);
         }
@@ -666,11 +675,12 @@ impl Shared {
     }
 
     /// Validates a record from the wire as a STORE requires: the record
-    /// rules, with the signer of the user its key names.
+    /// rules, with the signer of the user its key names. Also says whether
+    /// the owner's resolver vouches for that signer.
     pub(crate) async fn validate(
         &self,
         wire: proto::common::v1::Envelope,
-    ) -> Result<Record, NodeError> {
+    ) -> Result<(Record, Standing), NodeError> {
         let now_unix = common::unix_now();
         match Record::verify(wire.clone(), now_unix, None) {
             // Only self-certifying `identity/` records pass without a
@@ -682,24 +692,30 @@ impl Shared {
                     found: record.signer(),
                 }
                 .into()),
-                _ => Ok(record),
+                Some(_) => Ok((record, Standing::Vouched)),
+                None => Ok((record, Standing::Stranger)),
             },
             Err(crate::Error::SignerUnknown { key }) => {
-                let Some(signer) = self.resolve_signer(key.user()).await? else {
+                let (signer, standing) = match self.pinned(key.user()).await {
+                    Some(pin) => (Some(pin), Standing::Vouched),
+                    None => (self.signer_from_dht(key.user()).await?, Standing::Stranger),
+                };
+                let Some(signer) = signer else {
                     return Err(crate::Error::SignerUnknown { key }.into());
                 };
-                Ok(Record::verify(wire, now_unix, Some(signer))?)
+                Ok((Record::verify(wire, now_unix, Some(signer))?, standing))
             }
             Err(error) => Err(error.into()),
         }
     }
 
     async fn put(&self, envelope: &Envelope) -> Result<PutReport, NodeError> {
-        let record = self.validate(envelope.to_proto()).await?;
+        let (record, standing) = self.validate(envelope.to_proto()).await?;
         let local = if self.config.is_server() {
             self.ask(|reply| Message::Store {
                 sender: None,
                 record: record.clone(),
+                standing,
                 reply,
             })
             .await??;

@@ -38,7 +38,8 @@ use tracing::debug;
 
 pub use self::key::{RecordKey, RecordKind};
 pub use self::store::{
-    DEFAULT_MAX_RECORDS, MemoryStore, PutOutcome, RecordStore, check_replacement,
+    DEFAULT_MAX_RECORDS, MAX_RECORDS_PER_STRANGER, MemoryStore, Occupancy, PutOutcome, RecordStore,
+    Standing, check_replacement,
 };
 use crate::error::Error;
 use crate::query::Versioned;

@@ -196,12 +196,13 @@ impl Dht for DhtService {
                 .record
                 .ok_or(ServiceError::BadRequest("no record"))?;
             let shared = self.node.shared();
-            let record = shared.validate(wire).await?;
+            let (record, standing) = shared.validate(wire).await?;
             let key = record.key().clone();
             let outcome = shared
                 .ask_inbound(|reply| Message::Store {
                     sender: caller.sender,
                     record,
+                    standing,
                     reply,
                 })
                 .await?
@@ -259,6 +260,9 @@ fn record_status(error: &Error) -> Status {
             Status::failed_precondition("the signer of this record is unknown here")
         }
         Error::StoreFull { .. } => Status::resource_exhausted("record store is full"),
+        Error::SignerQuota { .. } => {
+            Status::resource_exhausted("this signer has as many records here as it may")
+        }
         Error::Store(_) => {
             error!(%error, "record store failed");
             Status::internal("storage failure")

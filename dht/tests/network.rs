@@ -672,6 +672,29 @@ async fn the_service_trusts_only_the_handshake() -> Result<()> {
             .is_none()
     );
 
+    // Anyone may store a self-certifying `identity/` record, but one key
+    // gets only a few names here: filling the store takes many keys.
+    for i in 0..dht::record::MAX_RECORDS_PER_STRANGER {
+        let name = format!("made-up{i}");
+        let record = identity_record(mallory(), &name, 1, expires);
+        ensure!(
+            raw_store(&dialer, &server, record.to_proto())
+                .await?
+                .is_ok(),
+            "stranger's record {i} was refused"
+        );
+    }
+    let one_more = identity_record(mallory(), "one-more", 1, expires);
+    match raw_store(&dialer, &server, one_more.to_proto()).await? {
+        Err(status) if status.code() == Code::ResourceExhausted => {}
+        other => bail!("a stranger's fifth record got {other:?}"),
+    }
+    ensure!(
+        raw_find_value(&dialer, &server, &RecordKey::identity(user("one-more")))
+            .await?
+            .is_none()
+    );
+
     server.stop().await;
     other.stop().await;
     Ok(())

@@ -236,8 +236,9 @@ impl Supplier {
         let dht = dht::DhtNode::new(dht::Config::server(vec![public]), dialer)
             .with_store(Box::new(records::StoredRecords::new(
                 store.clone(),
+                node_id.into(),
                 MAX_DHT_RECORDS,
-            )))
+            )?))
             .with_signers(Arc::new(records::KnownSigners::new(&store)))
             .spawn()
             .map_err(|e| Error::Config(format!("dht: {e}")))?;

@@ -3,14 +3,21 @@
 //!
 //! Each value is the signer's node ID (32 bytes) followed by the record's
 //! envelope, so a record is verified again, against that signer, when it is
-//! read back.
+//! read back. Which records are held, by whom they are signed, and whether
+//! this supplier vouches for the signer is kept in memory ([`Occupancy`]),
+//! rebuilt at open, so that the cap and the choice of what gives way need no
+//! scan of the column family.
 
 use common::id::NodeId;
 use dht::Error;
-use dht::record::{PutOutcome, Record, RecordKey, RecordStore, check_replacement};
+use dht::Key;
+use dht::record::{
+    Occupancy, PutOutcome, Record, RecordKey, RecordStore, Standing, check_replacement,
+};
 use prost::Message;
+use tracing::{debug, warn};
 
-use crate::store::{Store, WeakStore};
+use crate::store::{Store, StoreError, WeakStore};
 
 /// Who signs the records of a user, as this supplier knows it: its
 /// customers (from their contracts) and the identities it hosts.
@@ -29,6 +36,18 @@ impl KnownSigners {
     }
 }
 
+/// The node ID `store` knows for `user`: a customer's, else a hosted
+/// identity's.
+fn known_signer(store: &Store, user: &str) -> Result<Option<NodeId>, StoreError> {
+    if let Some(node) = store.customer(user)? {
+        return Ok(Some(node));
+    }
+    Ok(store
+        .identity(user)?
+        .and_then(|bytes| common::identity::SignedIdentity::from_bytes(&bytes).ok())
+        .map(|identity| identity.document().node_id()))
+}
+
 impl dht::signer::SignerResolver for KnownSigners {
     fn resolve<'a>(
         &'a self,
@@ -38,15 +57,7 @@ impl dht::signer::SignerResolver for KnownSigners {
         let user = user.to_string();
         Box::pin(async move {
             store?
-                .run(move |store| {
-                    if let Some(node) = store.customer(&user)? {
-                        return Ok(Some(node));
-                    }
-                    Ok(store
-                        .identity(&user)?
-                        .and_then(|bytes| common::identity::SignedIdentity::from_bytes(&bytes).ok())
-                        .map(|identity| identity.document().node_id()))
-                })
+                .run(move |store| known_signer(store, &user))
                 .await
                 .ok()
                 .flatten()
@@ -58,17 +69,37 @@ impl dht::signer::SignerResolver for KnownSigners {
 #[derive(Debug)]
 pub struct StoredRecords {
     store: Store,
-    cap: usize,
-    /// Records held, counted once at start and kept up to date, so a put
-    /// does not scan the column family to enforce the cap.
-    count: usize,
+    occupancy: Occupancy,
 }
 
 impl StoredRecords {
-    /// Records in `store`, at most `cap` of them.
-    pub fn new(store: Store, cap: usize) -> Self {
-        let count = store.records().map_or(0, |records| records.len());
-        Self { store, cap, count }
+    /// Records in `store`, held by the node at `local`, at most `cap` of
+    /// them. Expired and unreadable records found at open are removed.
+    pub fn new(store: Store, local: Key, cap: usize) -> Result<Self, StoreError> {
+        let mut occupancy = Occupancy::new(local, cap);
+        let now_unix = common::unix_now();
+        for (key, bytes) in store.records()? {
+            let record = match decode(&bytes, now_unix) {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    store.remove_record(&key)?;
+                    continue;
+                }
+                Err(error) => {
+                    warn!(%key, %error, "unreadable DHT record removed");
+                    store.remove_record(&key)?;
+                    continue;
+                }
+            };
+            let user = record.key().user().to_string();
+            let standing = if known_signer(&store, &user)? == Some(record.signer()) {
+                Standing::Vouched
+            } else {
+                Standing::Stranger
+            };
+            occupancy.insert(&record, standing, &[]);
+        }
+        Ok(Self { store, occupancy })
     }
 
     fn load(&self, key: &str, now_unix: i64) -> Result<Option<Record>, Error> {
@@ -81,16 +112,16 @@ impl StoredRecords {
     /// Records held, expired ones included until [`RecordStore::expire`]
     /// removes them.
     pub fn len(&self) -> usize {
-        self.count
+        self.occupancy.len()
     }
 
     /// Whether no records are held.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.occupancy.is_empty()
     }
 }
 
-fn store_error(e: crate::store::StoreError) -> Error {
+fn store_error(e: StoreError) -> Error {
     Error::Store(Box::new(e))
 }
 
@@ -120,30 +151,28 @@ impl RecordStore for StoredRecords {
         self.load(&key.to_string(), now_unix)
     }
 
-    fn put(&mut self, record: Record, now_unix: i64) -> Result<PutOutcome, Error> {
+    fn put(
+        &mut self,
+        record: Record,
+        standing: Standing,
+        now_unix: i64,
+    ) -> Result<PutOutcome, Error> {
         let key = record.key().to_string();
-        let held = self.store.record(&key).map_err(store_error)?;
-        let stored = match &held {
-            Some(bytes) => decode(bytes, now_unix)?,
-            None => None,
-        };
+        let stored = self.load(&key, now_unix)?;
         let outcome = check_replacement(stored.as_ref(), &record, now_unix)?;
-        if outcome == PutOutcome::Unchanged {
-            return Ok(outcome);
+        let evict = self.occupancy.admit(&record, standing, now_unix)?;
+        if outcome != PutOutcome::Unchanged {
+            let evict: Vec<String> = evict.iter().map(ToString::to_string).collect();
+            self.store
+                .put_record(&key, &encode(&record), &evict)
+                .map_err(store_error)?;
         }
-        if held.is_none() && self.count >= self.cap {
-            // Expired records still count until removed: make room first.
-            self.expire(now_unix)?;
-            if self.count >= self.cap {
-                return Err(Error::StoreFull { max: self.cap });
-            }
+        if !evict.is_empty() {
+            debug!(evicted = evict.len(), key = %record.key(), "DHT records removed to make room");
         }
-        self.store
-            .put_record(&key, &encode(&record))
-            .map_err(store_error)?;
-        if held.is_none() {
-            self.count += 1;
-        }
+        // Even an unchanged record updates the standing (a stranger may
+        // have become a customer).
+        self.occupancy.insert(&record, standing, &evict);
         Ok(outcome)
     }
 
@@ -152,22 +181,19 @@ impl RecordStore for StoredRecords {
             .store
             .remove_record(&key.to_string())
             .map_err(store_error)?;
-        if old.is_some() {
-            self.count = self.count.saturating_sub(1);
-        }
+        self.occupancy.remove(key);
         Ok(old.and_then(|bytes| decode(&bytes, common::unix_now()).ok().flatten()))
     }
 
     fn expire(&mut self, now_unix: i64) -> Result<usize, Error> {
-        let mut expired = 0;
-        for (key, bytes) in self.store.records().map_err(store_error)? {
-            if !matches!(decode(&bytes, now_unix), Ok(Some(_))) {
-                self.store.remove_record(&key).map_err(store_error)?;
-                self.count = self.count.saturating_sub(1);
-                expired += 1;
-            }
+        let expired = self.occupancy.expired(now_unix);
+        for key in &expired {
+            self.store
+                .remove_record(&key.to_string())
+                .map_err(store_error)?;
+            self.occupancy.remove(key);
         }
-        Ok(expired)
+        Ok(expired.len())
     }
 
     fn records(&self, now_unix: i64) -> Result<Vec<Record>, Error> {
@@ -176,7 +202,7 @@ impl RecordStore for StoredRecords {
             if let Ok(Some(record)) = decode(&bytes, now_unix) {
                 out.push(record);
             }
-            if out.len() >= self.cap {
+            if out.len() >= self.occupancy.cap() {
                 break;
             }
         }
@@ -191,6 +217,13 @@ mod tests {
 
     use super::*;
 
+    /// Where the tests' node sits.
+    const LOCAL: Key = Key::from_array([0; 32]);
+
+    fn open(dir: &std::path::Path, cap: usize) -> StoredRecords {
+        StoredRecords::new(Store::open(dir).unwrap(), LOCAL, cap).unwrap()
+    }
+
     #[test]
     fn records_survive_a_reopen_and_expire() {
         let dir = tempfile::tempdir().unwrap();
@@ -199,14 +232,19 @@ mod tests {
         let now = common::unix_now();
         let record = identity_record("alice", &key, now + 60);
         {
-            let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 10);
+            let mut records = open(dir.path(), 10);
             assert_eq!(
-                records.put(record.clone(), now).unwrap(),
+                records
+                    .put(record.clone(), Standing::Stranger, now)
+                    .unwrap(),
                 PutOutcome::Inserted
             );
-            assert_eq!(records.put(record, now).unwrap(), PutOutcome::Unchanged);
+            assert_eq!(
+                records.put(record, Standing::Stranger, now).unwrap(),
+                PutOutcome::Unchanged
+            );
         }
-        let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 10);
+        let mut records = open(dir.path(), 10);
         let back = records.get(&record_key, now).unwrap().unwrap();
         assert_eq!(back.sequence(), 1);
         assert_eq!(records.records(now).unwrap().len(), 1);
@@ -214,13 +252,13 @@ mod tests {
         assert!(records.get(&record_key, now + 61).unwrap().is_none());
         assert_eq!(records.expire(now + 61).unwrap(), 1);
         assert!(records.records(now).unwrap().is_empty());
+        assert!(records.store.records().unwrap().is_empty());
     }
 
-    fn identity_record(name: &str, key: &PrivateKey, expires: i64) -> Record {
-        let user: common::id::UserId = format!("{name}@id-a").parse().unwrap();
-        let identity = SignedIdentity::sign(
+    fn identity(name: &str, key: &PrivateKey) -> SignedIdentity {
+        SignedIdentity::sign(
             IdentityDocument {
-                user_id: user.clone(),
+                user_id: format!("{name}@id-a").parse().unwrap(),
                 master_key: key.public_key().clone(),
                 endpoints: vec![],
                 revision: 1,
@@ -228,10 +266,14 @@ mod tests {
             },
             key,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn identity_record(name: &str, key: &PrivateKey, expires: i64) -> Record {
+        let identity = identity(name, key);
         let envelope = Record::seal(
             key,
-            &RecordKey::identity(user),
+            &RecordKey::identity(identity.document().user_id.clone()),
             1,
             expires,
             identity.to_proto().encode_to_vec(),
@@ -245,23 +287,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate(2048).unwrap();
         let now = common::unix_now();
-        let mut records = StoredRecords::new(Store::open(dir.path()).unwrap(), 2);
+        let vouched = Standing::Vouched;
+        let mut records = open(dir.path(), 2);
         records
-            .put(identity_record("alice", &key, now + 30), now)
+            .put(identity_record("alice", &key, now + 30), vouched, now)
             .unwrap();
         let bob = identity_record("bob", &key, now + 600);
-        records.put(bob.clone(), now).unwrap();
+        records.put(bob.clone(), vouched, now).unwrap();
         assert_eq!(records.len(), 2);
         // A record already held needs no room.
-        assert_eq!(records.put(bob, now).unwrap(), PutOutcome::Unchanged);
+        assert_eq!(
+            records.put(bob, vouched, now).unwrap(),
+            PutOutcome::Unchanged
+        );
         assert!(matches!(
-            records.put(identity_record("carol", &key, now + 600), now),
+            records.put(identity_record("carol", &key, now + 600), vouched, now),
             Err(Error::StoreFull { max: 2 })
         ));
         assert_eq!(records.len(), 2);
         // Once alice's record has expired, carol's takes its place.
         records
-            .put(identity_record("carol", &key, now + 600), now + 60)
+            .put(identity_record("carol", &key, now + 600), vouched, now + 60)
             .unwrap();
         assert_eq!(records.len(), 2);
         records
@@ -270,7 +316,61 @@ mod tests {
         assert_eq!(records.len(), 1);
         // The count is read back on open.
         drop(records);
-        let records = StoredRecords::new(Store::open(dir.path()).unwrap(), 2);
+        let records = open(dir.path(), 2);
         assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn a_hosted_users_record_is_vouched_for_after_a_reopen_and_never_gives_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = common::unix_now();
+        let (host, stranger) = (
+            PrivateKey::generate(2048).unwrap(),
+            PrivateKey::generate(2048).unwrap(),
+        );
+        let hosted = identity_record("hosted", &host, now + 600);
+        let strangers: Vec<Record> = ["stranger1", "stranger2", "stranger3"]
+            .iter()
+            .map(|name| identity_record(name, &stranger, now + 600))
+            .collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // This supplier hosts the identity of `hosted@id-a`.
+            store
+                .update_identity("hosted@id-a", |_| {
+                    Ok::<_, ()>(Some(identity("hosted", &host).to_bytes()))
+                })
+                .unwrap()
+                .unwrap();
+            let mut records = StoredRecords::new(store, LOCAL, 2).unwrap();
+            // Stored before this supplier knew better, as a stranger's.
+            records
+                .put(hosted.clone(), Standing::Stranger, now)
+                .unwrap();
+            records
+                .put(strangers[0].clone(), Standing::Stranger, now)
+                .unwrap();
+        }
+        let mut records = open(dir.path(), 2);
+        // The reopened store knows the hosted user's signer: a vouched
+        // record takes the stranger's place, not the hosted user's...
+        records
+            .put(strangers[1].clone(), Standing::Vouched, now)
+            .unwrap();
+        assert!(records.get(strangers[0].key(), now).unwrap().is_none());
+        assert!(records.get(hosted.key(), now).unwrap().is_some());
+        // ...and with no stranger left to give way, the store is full.
+        assert!(matches!(
+            records.put(strangers[2].clone(), Standing::Stranger, now),
+            Err(Error::StoreFull { max: 2 })
+        ));
+        assert_eq!(records.len(), 2);
+        // The evicted records are gone from the database too.
+        drop(records);
+        let records = open(dir.path(), 2);
+        assert!(records.get(strangers[0].key(), now).unwrap().is_none());
+        assert!(records.get(strangers[1].key(), now).unwrap().is_some());
+        assert!(records.get(hosted.key(), now).unwrap().is_some());
+        assert_eq!(records.store.records().unwrap().len(), 2);
     }
 }

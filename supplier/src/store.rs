@@ -1618,10 +1618,14 @@ impl Store {
         self.get(Cf::Records, key.as_bytes())
     }
 
-    /// Stores a DHT record (already validated by the DHT).
-    pub fn put_record(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    /// Stores a DHT record (already validated by the DHT), removing the
+    /// records of `evict` in the same write.
+    pub fn put_record(&self, key: &str, value: &[u8], evict: &[String]) -> Result<(), StoreError> {
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
+        for evicted in evict {
+            batch.delete_cf(self.cf(Cf::Records)?, evicted.as_bytes());
+        }
         batch.put_cf(self.cf(Cf::Records)?, key.as_bytes(), value);
         self.write(batch)
     }

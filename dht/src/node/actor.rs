@@ -22,7 +22,7 @@ use crate::distance::Key;
 use crate::error::Error;
 use crate::kbucket::{InsertOutcome, RoutingTable};
 use crate::node::{NodeStats, Shared, now};
-use crate::record::{PutOutcome, Record, RecordKey, RecordStore};
+use crate::record::{PutOutcome, Record, RecordKey, RecordStore, Standing};
 use crate::republish::Schedule;
 
 /// What the actor is asked to do.
@@ -63,6 +63,8 @@ pub(crate) enum Message {
     Store {
         sender: Option<Contact>,
         record: Record,
+        /// Whether the owner vouches for the record's signer.
+        standing: Standing,
         reply: oneshot::Sender<Result<PutOutcome, Error>>,
     },
 }
@@ -209,11 +211,16 @@ impl Actor {
             Message::Store {
                 sender,
                 record,
+                standing,
                 reply,
             } => {
                 self.observe(sender, now);
                 let jitter = random_delay(self.state.schedule.interval() / 10);
-                let _ = reply.send(self.state.store(record, now, common::unix_now(), jitter));
+                let _ =
+                    reply.send(
+                        self.state
+                            .store(record, standing, now, common::unix_now(), jitter),
+                    );
             }
         }
     }
@@ -391,13 +398,14 @@ impl State {
     fn store(
         &mut self,
         record: Record,
+        standing: Standing,
         now: Instant,
         now_unix: i64,
         jitter: Duration,
     ) -> Result<PutOutcome, Error> {
         let key = record.key().clone();
         let store = &mut self.store;
-        let outcome = blocking(|| store.put(record, now_unix))?;
+        let outcome = blocking(|| store.put(record, standing, now_unix))?;
         // Whoever sent it sent it to the other closest nodes too: our own
         // republish of this key can wait a full interval.
         self.schedule.on_stored(key, now, jitter);
@@ -499,7 +507,7 @@ mod tests {
             k: k.get(),
             max_failures: 2,
             table: RoutingTable::new(NodeId::from_array([0; 32]), kbucket::Config::with_k(k), now),
-            store: Box::new(MemoryStore::new(8)),
+            store: Box::new(MemoryStore::new(Key::from_array([0; 32]), 8)),
             schedule: Schedule::new(HOUR),
             failures: HashMap::new(),
         }
@@ -568,7 +576,7 @@ mod tests {
         let key = record.key().clone();
         assert_eq!(
             state
-                .store(record.clone(), now, NOW, Duration::ZERO)
+                .store(record.clone(), Standing::Stranger, now, NOW, Duration::ZERO)
                 .unwrap(),
             PutOutcome::Inserted
         );
@@ -576,7 +584,9 @@ mod tests {
         // The same record again (a peer's republish) restarts the timer.
         let later = now + Duration::from_secs(60);
         assert_eq!(
-            state.store(record, later, NOW, Duration::ZERO).unwrap(),
+            state
+                .store(record, Standing::Stranger, later, NOW, Duration::ZERO)
+                .unwrap(),
             PutOutcome::Unchanged
         );
         assert_eq!(state.schedule.deadline(&key), Some(later + HOUR));
@@ -592,10 +602,10 @@ mod tests {
     #[test]
     fn records_found_in_the_store_are_adopted() {
         let now = Instant::now();
-        let mut store = MemoryStore::new(8);
+        let mut store = MemoryStore::new(Key::from_array([0; 32]), 8);
         let record = verified(suppliers_record(&ALICE, "alice@id-a", 1, NOW + 60));
         let key = record.key().clone();
-        store.put(record, NOW).unwrap();
+        store.put(record, Standing::Vouched, NOW).unwrap();
         let mut state = state(20, now);
         state.store = Box::new(store);
         state.reconcile(now, NOW, || Duration::from_secs(5));

@@ -1,21 +1,31 @@
 //! Record stores: the [`RecordStore`] trait, the replacement rule every
-//! store applies, and the bounded in-memory [`MemoryStore`].
+//! store applies, the admission rule of a full store ([`Occupancy`]) and the
+//! bounded in-memory [`MemoryStore`].
 //!
 //! A store only takes [`Record`]s, which exist only once validated, so a
 //! store never holds a record whose signature, key, type or size is bad.
 //! What a store still checks is what depends on what it already holds:
-//! [`check_replacement`] (sequence and signer) and its record cap.
+//! [`check_replacement`] (sequence and signer), and [`Occupancy::admit`]
+//! (its record cap, how many records one stranger may keep here, and which
+//! record gives way when it is full).
 
 use std::collections::BTreeMap;
 
+use common::id::NodeId;
 use tracing::debug;
 
+use crate::distance::{Distance, Key};
 use crate::error::Error;
 use crate::record::{Record, RecordKey};
 
-/// The default cap of a [`MemoryStore`]: with records of at most 64 KiB,
-/// at most 256 MiB.
+/// The default cap of a store: with records of at most 64 KiB, at most
+/// 256 MiB.
 pub const DEFAULT_MAX_RECORDS: usize = 4096;
+
+/// How many records one signer the node's owner does not vouch for may have
+/// held at once. A user has two (`identity/` and `suppliers/`); the slack
+/// covers a user who moved to another identity host with the same key.
+pub const MAX_RECORDS_PER_STRANGER: usize = 4;
 
 /// What [`RecordStore::put`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,19 +38,40 @@ pub enum PutOutcome {
     Unchanged,
 }
 
-/// Where a node keeps the records it holds for the DHT.
+/// How the node's owner knows the signer of a record offered to its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The owner's [`crate::signer::SignerResolver`] named this signer for
+    /// the record's user: on a supplier, a customer or a hosted identity.
+    /// Such records are always kept, at a stranger's expense if need be.
+    Vouched,
+    /// Nobody here vouches for the signer: the key came with the record
+    /// (an `identity/` record) or from the DHT. Anyone can make such keys,
+    /// so strangers' records are capped per signer and give way first.
+    Stranger,
+}
+
+/// Where a store holds records: the first thing every store must do to take
+/// a record is [`Occupancy::admit`] it.
 ///
 /// Implementations must apply [`check_replacement`] in `put`, bound how many
-/// records they hold, and never return an expired record. Methods are
-/// fallible so that a database-backed store can report its errors as
-/// [`Error::Store`].
+/// records they hold with [`Occupancy`], and never return an expired record.
+/// Methods are fallible so that a database-backed store can report its
+/// errors as [`Error::Store`].
 pub trait RecordStore {
     /// The record of `key`, unless none is stored or it has expired at
     /// `now_unix`.
     fn get(&self, key: &RecordKey, now_unix: i64) -> Result<Option<Record>, Error>;
 
-    /// Stores `record`, subject to [`check_replacement`] and the store's cap.
-    fn put(&mut self, record: Record, now_unix: i64) -> Result<PutOutcome, Error>;
+    /// Stores `record`, whose signer has `standing` here, subject to
+    /// [`check_replacement`] and [`Occupancy::admit`]. Taking it may evict
+    /// a stranger's record farther from this node.
+    fn put(
+        &mut self,
+        record: Record,
+        standing: Standing,
+        now_unix: i64,
+    ) -> Result<PutOutcome, Error>;
 
     /// Removes the record of `key`, returning it.
     fn remove(&mut self, key: &RecordKey) -> Result<Option<Record>, Error>;
@@ -102,19 +133,166 @@ pub fn check_replacement(
     }
 }
 
+/// What a store keeps in memory about each record it holds (its signer,
+/// standing, expiry and distance from this node), to decide whether a new
+/// key may come in and, when the store is full, which record gives way.
+///
+/// The rules, for a key not held yet ([`Occupancy::admit`]):
+///
+/// - a stranger signer with [`MAX_RECORDS_PER_STRANGER`] live records here
+///   gets no more ([`Error::SignerQuota`]), so filling the store takes many
+///   keys, each an RSA key generation;
+/// - below the cap, the record comes in;
+/// - at the cap, expired records go first; if none has expired, the
+///   stranger's record farthest from this node gives way, to a vouched
+///   record always
+///   and to a stranger's only if that one is closer to this node: a
+///   Kademlia node is responsible for the keys near it, and the nodes near
+///   a far key keep that one;
+/// - otherwise the store is full ([`Error::StoreFull`]). Vouched records
+///   never give way, so a supplier always keeps its customers' records.
+#[derive(Debug)]
+pub struct Occupancy {
+    local: Key,
+    cap: usize,
+    held: BTreeMap<RecordKey, Held>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    signer: NodeId,
+    standing: Standing,
+    expires_unix: i64,
+    distance: Distance,
+}
+
+impl Occupancy {
+    /// Nothing held yet, by the node at `local`, at most `cap` records.
+    pub fn new(local: Key, cap: usize) -> Self {
+        Self {
+            local,
+            cap,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// The most records the store may hold.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// How many records are held, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Whether a record of `key` is held.
+    pub fn contains(&self, key: &RecordKey) -> bool {
+        self.held.contains_key(key)
+    }
+
+    /// Notes that `record` is now held, with `standing`, in place of
+    /// whatever was held under its key, and that the records of `evicted`
+    /// are not.
+    pub fn insert(&mut self, record: &Record, standing: Standing, evicted: &[RecordKey]) {
+        for key in evicted {
+            self.held.remove(key);
+        }
+        self.held.insert(
+            record.key().clone(),
+            Held {
+                signer: record.signer(),
+                standing,
+                expires_unix: record.expires_unix(),
+                distance: self.local.distance(&record.key().position()),
+            },
+        );
+    }
+
+    /// Notes that the record of `key` is no longer held.
+    pub fn remove(&mut self, key: &RecordKey) {
+        self.held.remove(key);
+    }
+
+    /// The keys whose records have expired at `now_unix`.
+    pub fn expired(&self, now_unix: i64) -> Vec<RecordKey> {
+        self.held
+            .iter()
+            .filter(|(_, held)| held.expires_unix <= now_unix)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Whether `record` may be held at `now_unix`, and which records the
+    /// store must remove in the same write to make room for it (see
+    /// [`Occupancy`]): none when its key is held already or the store is
+    /// below its cap. Nothing changes until [`Occupancy::insert`].
+    pub fn admit(
+        &self,
+        record: &Record,
+        standing: Standing,
+        now_unix: i64,
+    ) -> Result<Vec<RecordKey>, Error> {
+        if self.held.contains_key(record.key()) {
+            return Ok(Vec::new());
+        }
+        if standing == Standing::Stranger {
+            let signer = record.signer();
+            let live = self
+                .held
+                .values()
+                .filter(|held| held.signer == signer && held.expires_unix > now_unix)
+                .count();
+            if live >= MAX_RECORDS_PER_STRANGER {
+                return Err(Error::SignerQuota {
+                    key: record.key().clone(),
+                    signer,
+                    max: MAX_RECORDS_PER_STRANGER,
+                });
+            }
+        }
+        if self.held.len() < self.cap {
+            return Ok(Vec::new());
+        }
+        let mut evict = self.expired(now_unix);
+        if self.held.len() - evict.len() < self.cap {
+            return Ok(evict);
+        }
+        let farthest = self
+            .held
+            .iter()
+            .filter(|(_, held)| held.standing == Standing::Stranger)
+            .max_by_key(|(_, held)| held.distance);
+        let distance = self.local.distance(&record.key().position());
+        match farthest {
+            Some((key, held)) if standing == Standing::Vouched || distance < held.distance => {
+                evict.push(key.clone());
+                Ok(evict)
+            }
+            _ => Err(Error::StoreFull { max: self.cap }),
+        }
+    }
+}
+
 /// A bounded in-memory record store.
 #[derive(Debug)]
 pub struct MemoryStore {
     records: BTreeMap<RecordKey, Record>,
-    max_records: usize,
+    occupancy: Occupancy,
 }
 
 impl MemoryStore {
-    /// An empty store that holds at most `max_records` records.
-    pub fn new(max_records: usize) -> Self {
+    /// An empty store of the node at `local` that holds at most
+    /// `max_records` records.
+    pub fn new(local: Key, max_records: usize) -> Self {
         Self {
             records: BTreeMap::new(),
-            max_records,
+            occupancy: Occupancy::new(local, max_records),
         }
     }
 
@@ -129,16 +307,12 @@ impl MemoryStore {
     }
 
     fn sweep(&mut self, now_unix: i64) -> usize {
-        let before = self.records.len();
-        self.records
-            .retain(|_, record| !record.is_expired(now_unix));
-        before - self.records.len()
-    }
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_RECORDS)
+        let expired = self.occupancy.expired(now_unix);
+        for key in &expired {
+            self.records.remove(key);
+            self.occupancy.remove(key);
+        }
+        expired.len()
     }
 }
 
@@ -151,30 +325,32 @@ impl RecordStore for MemoryStore {
             .cloned())
     }
 
-    fn put(&mut self, record: Record, now_unix: i64) -> Result<PutOutcome, Error> {
+    fn put(
+        &mut self,
+        record: Record,
+        standing: Standing,
+        now_unix: i64,
+    ) -> Result<PutOutcome, Error> {
         let outcome = check_replacement(self.records.get(record.key()), &record, now_unix)
             .inspect_err(|err| debug!(%err, "record refused"))?;
-        match outcome {
-            PutOutcome::Unchanged => return Ok(outcome),
-            PutOutcome::Inserted if !self.records.contains_key(record.key()) => {
-                if self.records.len() >= self.max_records {
-                    self.sweep(now_unix);
-                }
-                if self.records.len() >= self.max_records {
-                    debug!(key = %record.key(), "record store full");
-                    return Err(Error::StoreFull {
-                        max: self.max_records,
-                    });
-                }
-            }
-            // Replaces a record of the same key: the count does not grow.
-            PutOutcome::Inserted | PutOutcome::Replaced => {}
+        let evict = self
+            .occupancy
+            .admit(&record, standing, now_unix)
+            .inspect_err(|err| debug!(%err, "record refused"))?;
+        for key in &evict {
+            self.records.remove(key);
         }
-        self.records.insert(record.key().clone(), record);
+        // Even an unchanged record updates the standing (a stranger may
+        // have become a customer).
+        self.occupancy.insert(&record, standing, &evict);
+        if outcome != PutOutcome::Unchanged {
+            self.records.insert(record.key().clone(), record);
+        }
         Ok(outcome)
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<Option<Record>, Error> {
+        self.occupancy.remove(key);
         Ok(self.records.remove(key))
     }
 
@@ -197,6 +373,9 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
 
+    /// Where the tests' node sits.
+    const LOCAL: Key = Key::from_array([0; 32]);
+
     fn key(text: &str) -> RecordKey {
         text.parse().unwrap()
     }
@@ -212,11 +391,11 @@ mod tests {
 
     #[test]
     fn records_are_stored_and_read_back() {
-        let mut store = MemoryStore::default();
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
         assert!(store.is_empty());
         let record = alice_suppliers(1, NOW + 60);
         assert_eq!(
-            store.put(record.clone(), NOW).unwrap(),
+            store.put(record.clone(), Standing::Stranger, NOW).unwrap(),
             PutOutcome::Inserted
         );
         assert_eq!(store.len(), 1);
@@ -229,10 +408,12 @@ mod tests {
 
     #[test]
     fn sequence_numbers_never_go_backwards() {
-        let mut store = MemoryStore::default();
-        store.put(alice_suppliers(5, NOW + 60), NOW).unwrap();
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
+        store
+            .put(alice_suppliers(5, NOW + 60), Standing::Stranger, NOW)
+            .unwrap();
         assert!(matches!(
-            store.put(alice_suppliers(4, NOW + 60), NOW),
+            store.put(alice_suppliers(4, NOW + 60), Standing::Stranger, NOW),
             Err(Error::SequenceRegressed {
                 stored: 5,
                 offered: 4,
@@ -240,7 +421,9 @@ mod tests {
             })
         ));
         assert_eq!(
-            store.put(alice_suppliers(6, NOW + 60), NOW).unwrap(),
+            store
+                .put(alice_suppliers(6, NOW + 60), Standing::Stranger, NOW)
+                .unwrap(),
             PutOutcome::Replaced
         );
         let stored = store
@@ -252,21 +435,24 @@ mod tests {
 
     #[test]
     fn an_equal_sequence_is_a_no_op_only_with_identical_content() {
-        let mut store = MemoryStore::default();
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
         let record = alice_suppliers(5, NOW + 60);
-        store.put(record.clone(), NOW).unwrap();
+        store.put(record.clone(), Standing::Stranger, NOW).unwrap();
         // The very same record again.
         assert_eq!(
-            store.put(record.clone(), NOW).unwrap(),
+            store.put(record.clone(), Standing::Stranger, NOW).unwrap(),
             PutOutcome::Unchanged
         );
         // The same body signed again: RSA-PSS gives another signature.
         let resigned = alice_suppliers(5, NOW + 60);
         assert_ne!(resigned.to_proto().signature, record.to_proto().signature);
-        assert_eq!(store.put(resigned, NOW).unwrap(), PutOutcome::Unchanged);
+        assert_eq!(
+            store.put(resigned, Standing::Stranger, NOW).unwrap(),
+            PutOutcome::Unchanged
+        );
         // The same sequence with other content.
         assert!(matches!(
-            store.put(alice_suppliers(5, NOW + 61), NOW),
+            store.put(alice_suppliers(5, NOW + 61), Standing::Stranger, NOW),
             Err(Error::SequenceConflict { sequence: 5, .. })
         ));
         assert_eq!(
@@ -283,41 +469,48 @@ mod tests {
     fn a_stored_record_keeps_its_signer() {
         // Bob squats alice's identity key first; alice's genuine record,
         // whatever its sequence, does not displace it while it lives.
-        let mut store = MemoryStore::default();
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
         let squat = Record::verify(
             squatted_identity_record(&BOB, "alice@id-a", 1, NOW + 60),
             NOW,
             None,
         )
         .unwrap();
-        store.put(squat, NOW).unwrap();
+        store.put(squat, Standing::Stranger, NOW).unwrap();
         let genuine = Record::verify(
             identity_record(&ALICE, &ALICE, "alice@id-a", 9, NOW + 100),
             NOW,
             None,
         )
         .unwrap();
-        let err = store.put(genuine.clone(), NOW).unwrap_err();
+        let err = store
+            .put(genuine.clone(), Standing::Stranger, NOW)
+            .unwrap_err();
         assert!(
             matches!(&err, Error::SignerChanged { stored, offered, .. }
                 if *stored == node(&BOB) && *offered == node(&ALICE)),
             "{err}"
         );
         // Once the squatted record has expired, the genuine one goes in.
-        assert_eq!(store.put(genuine, NOW + 60).unwrap(), PutOutcome::Inserted);
+        assert_eq!(
+            store.put(genuine, Standing::Stranger, NOW + 60).unwrap(),
+            PutOutcome::Inserted
+        );
     }
 
     #[test]
     fn expired_records_are_never_returned_and_are_swept() {
-        let mut store = MemoryStore::default();
-        store.put(alice_suppliers(1, NOW + 10), NOW).unwrap();
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
+        store
+            .put(alice_suppliers(1, NOW + 10), Standing::Stranger, NOW)
+            .unwrap();
         let identity = Record::verify(
             identity_record(&ALICE, &ALICE, "alice@id-a", 1, NOW + 100),
             NOW,
             None,
         )
         .unwrap();
-        store.put(identity, NOW).unwrap();
+        store.put(identity, Standing::Stranger, NOW).unwrap();
         let suppliers = key("suppliers/alice@id-a");
         assert!(store.get(&suppliers, NOW + 9).unwrap().is_some());
         assert!(store.get(&suppliers, NOW + 10).unwrap().is_none());
@@ -329,49 +522,175 @@ mod tests {
         assert!(store.is_empty());
         // An expired offer is refused; a lower sequence may follow an expired record.
         assert!(matches!(
-            store.put(alice_suppliers(2, NOW + 10), NOW + 10),
+            store.put(alice_suppliers(2, NOW + 10), Standing::Stranger, NOW + 10),
             Err(Error::Expired { .. })
         ));
-        store.put(alice_suppliers(3, NOW + 10), NOW).unwrap();
+        store
+            .put(alice_suppliers(3, NOW + 10), Standing::Stranger, NOW)
+            .unwrap();
         assert_eq!(
-            store.put(alice_suppliers(2, NOW + 20), NOW + 10).unwrap(),
+            store
+                .put(alice_suppliers(2, NOW + 20), Standing::Stranger, NOW + 10)
+                .unwrap(),
             PutOutcome::Inserted
         );
     }
 
     #[test]
     fn the_record_cap_holds() {
-        let mut store = MemoryStore::new(2);
-        store.put(alice_suppliers(1, NOW + 10), NOW).unwrap();
-        let bob = Record::verify(
-            identity_record(&BOB, &BOB, "bob@id-a", 1, NOW + 100),
-            NOW,
-            None,
-        )
-        .unwrap();
-        store.put(bob, NOW).unwrap();
-        let alice = Record::verify(
-            identity_record(&ALICE, &ALICE, "alice@id-a", 1, NOW + 100),
-            NOW,
-            None,
-        )
-        .unwrap();
-        assert!(matches!(
-            store.put(alice.clone(), NOW),
-            Err(Error::StoreFull { max: 2 })
-        ));
+        let mut store = MemoryStore::new(LOCAL, 2);
+        store
+            .put(alice_suppliers(1, NOW + 10), Standing::Vouched, NOW)
+            .unwrap();
+        store
+            .put(squatted("bob@id-a", NOW + 100), Standing::Vouched, NOW)
+            .unwrap();
+        // Vouched records never give way, to anyone.
+        let alice = squatted("alice@id-a", NOW + 100);
+        for standing in [Standing::Vouched, Standing::Stranger] {
+            assert!(matches!(
+                store.put(alice.clone(), standing, NOW),
+                Err(Error::StoreFull { max: 2 })
+            ));
+        }
         // Replacing a stored key is allowed when full.
         assert_eq!(
-            store.put(alice_suppliers(2, NOW + 10), NOW).unwrap(),
+            store
+                .put(alice_suppliers(2, NOW + 10), Standing::Vouched, NOW)
+                .unwrap(),
             PutOutcome::Replaced
         );
         // A full store sweeps expired records before refusing.
-        assert_eq!(store.put(alice, NOW + 10).unwrap(), PutOutcome::Inserted);
+        assert_eq!(
+            store.put(alice, Standing::Stranger, NOW + 10).unwrap(),
+            PutOutcome::Inserted
+        );
         assert_eq!(store.len(), 2);
-        let mut none = MemoryStore::new(0);
+        let mut none = MemoryStore::new(LOCAL, 0);
         assert!(matches!(
-            none.put(alice_suppliers(1, NOW + 10), NOW),
+            none.put(alice_suppliers(1, NOW + 10), Standing::Vouched, NOW),
             Err(Error::StoreFull { max: 0 })
+        ));
+    }
+
+    /// An `identity/` record for `user` signed by BOB, who makes up names.
+    fn squatted(user: &str, expires_unix: i64) -> Record {
+        Record::verify(
+            squatted_identity_record(&BOB, user, 1, expires_unix),
+            NOW,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stranger_keeps_only_a_few_records_here() {
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
+        let names: Vec<String> = (0..=MAX_RECORDS_PER_STRANGER)
+            .map(|i| format!("name{i}@id-a"))
+            .collect();
+        for name in &names[..MAX_RECORDS_PER_STRANGER] {
+            store
+                .put(squatted(name, NOW + 60), Standing::Stranger, NOW)
+                .unwrap();
+        }
+        let extra = squatted(&names[MAX_RECORDS_PER_STRANGER], NOW + 60);
+        let err = store
+            .put(extra.clone(), Standing::Stranger, NOW)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::SignerQuota { signer, max, .. }
+                if *signer == node(&BOB) && *max == MAX_RECORDS_PER_STRANGER),
+            "{err}"
+        );
+        assert_eq!(store.len(), MAX_RECORDS_PER_STRANGER);
+        // Its records can still be renewed.
+        let renewed = Record::verify(
+            squatted_identity_record(&BOB, &names[0], 2, NOW + 60),
+            NOW,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            store.put(renewed, Standing::Stranger, NOW).unwrap(),
+            PutOutcome::Replaced
+        );
+        // A signer the owner vouches for is not capped.
+        assert_eq!(
+            store.put(extra, Standing::Vouched, NOW).unwrap(),
+            PutOutcome::Inserted
+        );
+        // Expired records do not count against a stranger.
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
+        for name in &names[..MAX_RECORDS_PER_STRANGER] {
+            store
+                .put(squatted(name, NOW + 10), Standing::Stranger, NOW)
+                .unwrap();
+        }
+        store
+            .put(
+                squatted(&names[MAX_RECORDS_PER_STRANGER], NOW + 60),
+                Standing::Stranger,
+                NOW + 10,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_full_store_gives_way_to_vouched_records_and_to_closer_ones() {
+        // Records of several strangers (each name a key of its own), and a
+        // node placed right at one record's position.
+        let records: Vec<Record> = (0..6)
+            .map(|i| squatted(&format!("user{i}@id-a"), NOW + 60))
+            .collect();
+        let local = records[0].key().position();
+        let distance = |record: &Record| local.distance(&record.key().position());
+        let mut store = MemoryStore::new(local, 2);
+        // Two strangers fill the store (BOB's quota is four).
+        store
+            .put(records[1].clone(), Standing::Stranger, NOW)
+            .unwrap();
+        store
+            .put(records[2].clone(), Standing::Stranger, NOW)
+            .unwrap();
+        let (near, far) = if distance(&records[1]) < distance(&records[2]) {
+            (&records[1], &records[2])
+        } else {
+            (&records[2], &records[1])
+        };
+        // The record at the node's own position is as close as can be: the
+        // farther stranger gives way.
+        store
+            .put(records[0].clone(), Standing::Stranger, NOW)
+            .unwrap();
+        assert!(store.get(far.key(), NOW).unwrap().is_none());
+        assert!(store.get(near.key(), NOW).unwrap().is_some());
+        assert_eq!(store.len(), 2);
+        // A stranger farther than every held record is refused...
+        let farther = records[3..]
+            .iter()
+            .find(|record| distance(record) > distance(near))
+            .expect("one of three random positions is farther");
+        assert!(matches!(
+            store.put(farther.clone(), Standing::Stranger, NOW),
+            Err(Error::StoreFull { max: 2 })
+        ));
+        // ...but a vouched record takes the farthest stranger's place anyway.
+        let vouched = alice_suppliers(1, NOW + 60);
+        store.put(vouched.clone(), Standing::Vouched, NOW).unwrap();
+        assert!(store.get(near.key(), NOW).unwrap().is_none());
+        assert!(store.get(records[0].key(), NOW).unwrap().is_some());
+        assert!(store.get(vouched.key(), NOW).unwrap().is_some());
+        // A record the owner now vouches for no longer gives way.
+        assert_eq!(
+            store
+                .put(records[0].clone(), Standing::Vouched, NOW)
+                .unwrap(),
+            PutOutcome::Unchanged
+        );
+        assert!(matches!(
+            store.put(records[3].clone(), Standing::Vouched, NOW),
+            Err(Error::StoreFull { max: 2 })
         ));
     }
 }
