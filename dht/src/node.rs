@@ -638,12 +638,6 @@ impl Shared {
         if let Some(signer) = self.pinned(user).await {
             return Ok(Some(signer));
         }
-        self.signer_from_dht(user).await
-    }
-
-    /// The signer of `user`'s `identity/` record in the DHT (with
-    /// [`Config::identity_fallback`]), cached.
-    async fn signer_from_dht(&self, user: &UserId) -> Result<Option<NodeId>, NodeError> {
         if !self.config.identity_fallback {
             return Ok(None);
         }
@@ -676,37 +670,46 @@ impl Shared {
 
     /// Validates a record from the wire as a STORE requires: the record
     /// rules, with the signer of the user its key names. Also says whether
-    /// the owner's resolver vouches for that signer.
+    /// the owner vouches for that signer.
     pub(crate) async fn validate(
         &self,
         wire: proto::common::v1::Envelope,
     ) -> Result<(Record, Standing), NodeError> {
         let now_unix = common::unix_now();
-        match Record::verify(wire.clone(), now_unix, None) {
+        let record = match Record::verify(wire.clone(), now_unix, None) {
             // Only self-certifying `identity/` records pass without a
             // signer; the owner's pin still applies to them.
             Ok(record) => match self.pinned(record.key().user()).await {
-                Some(pin) if pin != record.signer() => Err(crate::Error::WrongSigner {
-                    key: record.key().clone(),
-                    expected: pin,
-                    found: record.signer(),
+                Some(pin) if pin != record.signer() => {
+                    return Err(crate::Error::WrongSigner {
+                        key: record.key().clone(),
+                        expected: pin,
+                        found: record.signer(),
+                    }
+                    .into());
                 }
-                .into()),
-                Some(_) => Ok((record, Standing::Vouched)),
-                None => Ok((record, Standing::Stranger)),
+                _ => record,
             },
             Err(crate::Error::SignerUnknown { key }) => {
-                let (signer, standing) = match self.pinned(key.user()).await {
-                    Some(pin) => (Some(pin), Standing::Vouched),
-                    None => (self.signer_from_dht(key.user()).await?, Standing::Stranger),
-                };
-                let Some(signer) = signer else {
+                let Some(signer) = self.resolve_signer(key.user()).await? else {
                     return Err(crate::Error::SignerUnknown { key }.into());
                 };
-                Ok((Record::verify(wire, now_unix, Some(signer))?, standing))
+                Record::verify(wire, now_unix, Some(signer))?
             }
-            Err(error) => Err(error.into()),
-        }
+            Err(error) => return Err(error.into()),
+        };
+        let vouched = tokio::time::timeout(
+            self.config.request_timeout,
+            self.signers.vouches(record.key().user(), record.signer()),
+        )
+        .await
+        .unwrap_or(false);
+        let standing = if vouched {
+            Standing::Vouched
+        } else {
+            Standing::Stranger
+        };
+        Ok((record, standing))
     }
 
     async fn put(&self, envelope: &Envelope) -> Result<PutReport, NodeError> {

@@ -46,6 +46,22 @@ pub trait SignerResolver: Send + Sync + fmt::Debug {
         &'a self,
         user: &'a UserId,
     ) -> Pin<Box<dyn Future<Output = Option<NodeId>> + Send + 'a>>;
+
+    /// Whether the node's owner vouches for `signer` as `user`'s key, so
+    /// that the user's records always have room in the node's store (see
+    /// [`crate::record::Occupancy`]). Vouch only for users a stranger cannot
+    /// become for free: a supplier vouches for its customers, not for every
+    /// name it hosts. By default, whether [`SignerResolver::resolve`] gives
+    /// `signer`.
+    ///
+    /// Must be cancel-safe, like `resolve`; an error should answer `false`.
+    fn vouches<'a>(
+        &'a self,
+        user: &'a UserId,
+        signer: NodeId,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move { self.resolve(user).await == Some(signer) })
+    }
 }
 
 /// A resolver that knows no one: signers come only from the DHT's

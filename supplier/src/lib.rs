@@ -234,11 +234,13 @@ impl Supplier {
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
         let dht = dht::DhtNode::new(dht::Config::server(vec![public]), dialer)
-            .with_store(Box::new(records::StoredRecords::new(
-                store.clone(),
-                node_id.into(),
-                MAX_DHT_RECORDS,
-            )?))
+            .with_store(Box::new(
+                store
+                    .run(move |store| {
+                        records::StoredRecords::new(store.clone(), node_id.into(), MAX_DHT_RECORDS)
+                    })
+                    .await?,
+            ))
             .with_signers(Arc::new(records::KnownSigners::new(&store)))
             .spawn()
             .map_err(|e| Error::Config(format!("dht: {e}")))?;

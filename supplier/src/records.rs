@@ -48,6 +48,13 @@ fn known_signer(store: &Store, user: &str) -> Result<Option<NodeId>, StoreError>
         .map(|identity| identity.document().node_id()))
 }
 
+/// Whether `signer` is the key `user` holds a contract under here. Only
+/// customers are vouched for: anyone may publish names on an identity host
+/// for free, so a hosted name earns no room in the DHT store.
+fn is_customer(store: &Store, user: &str, signer: NodeId) -> Result<bool, StoreError> {
+    Ok(store.customer(user)? == Some(signer))
+}
+
 impl dht::signer::SignerResolver for KnownSigners {
     fn resolve<'a>(
         &'a self,
@@ -63,6 +70,24 @@ impl dht::signer::SignerResolver for KnownSigners {
                 .flatten()
         })
     }
+
+    fn vouches<'a>(
+        &'a self,
+        user: &'a common::id::UserId,
+        signer: NodeId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        let store = self.store.upgrade();
+        let user = user.to_string();
+        Box::pin(async move {
+            let Some(store) = store else {
+                return false;
+            };
+            store
+                .run(move |store| is_customer(store, &user, signer))
+                .await
+                .unwrap_or(false)
+        })
+    }
 }
 
 /// Records kept in the supplier's database, at most `cap`.
@@ -74,30 +99,46 @@ pub struct StoredRecords {
 
 impl StoredRecords {
     /// Records in `store`, held by the node at `local`, at most `cap` of
-    /// them. Expired and unreadable records found at open are removed.
+    /// them. Reads every record once (blocking: call it off the async
+    /// runtime): expired and unreadable ones are removed, and a record is
+    /// vouched for when its signer is a customer's.
     pub fn new(store: Store, local: Key, cap: usize) -> Result<Self, StoreError> {
         let mut occupancy = Occupancy::new(local, cap);
         let now_unix = common::unix_now();
-        for (key, bytes) in store.records()? {
-            let record = match decode(&bytes, now_unix) {
+        let mut gone = Vec::new();
+        store.for_each_record(|key, bytes| {
+            let record = match decode(bytes, now_unix) {
                 Ok(Some(record)) => record,
                 Ok(None) => {
-                    store.remove_record(&key)?;
-                    continue;
+                    gone.push(key.to_owned());
+                    return;
+                }
+                // Valid but too far ahead: this machine's clock went back.
+                // Kept, and not served, until the clock catches up.
+                Err(error @ Error::ExpiryTooFar { .. }) => {
+                    warn!(%key, %error, "DHT record kept but not counted: check the clock");
+                    return;
                 }
                 Err(error) => {
                     warn!(%key, %error, "unreadable DHT record removed");
-                    store.remove_record(&key)?;
-                    continue;
+                    gone.push(key.to_owned());
+                    return;
                 }
             };
-            let user = record.key().user().to_string();
-            let standing = if known_signer(&store, &user)? == Some(record.signer()) {
+            let customer = is_customer(&store, &record.key().user().to_string(), record.signer())
+                .unwrap_or_else(|error| {
+                    warn!(key = %record.key(), %error, "cannot tell whether a DHT record is a customer's");
+                    false
+                });
+            let standing = if customer {
                 Standing::Vouched
             } else {
                 Standing::Stranger
             };
             occupancy.insert(&record, standing, &[]);
+        })?;
+        for key in gone {
+            store.remove_record(&key)?;
         }
         Ok(Self { store, occupancy })
     }
@@ -160,18 +201,19 @@ impl RecordStore for StoredRecords {
         let key = record.key().to_string();
         let stored = self.load(&key, now_unix)?;
         let outcome = check_replacement(stored.as_ref(), &record, now_unix)?;
-        let evict = self.occupancy.admit(&record, standing, now_unix)?;
-        if outcome != PutOutcome::Unchanged {
-            let evict: Vec<String> = evict.iter().map(ToString::to_string).collect();
-            self.store
-                .put_record(&key, &encode(&record), &evict)
-                .map_err(store_error)?;
+        if outcome == PutOutcome::Unchanged {
+            // The record may have become vouched for since.
+            self.occupancy.insert(&record, standing, &[]);
+            return Ok(outcome);
         }
+        let evict = self.occupancy.admit(&record, standing, now_unix)?;
+        let names: Vec<String> = evict.iter().map(ToString::to_string).collect();
+        self.store
+            .put_record(&key, &encode(&record), &names)
+            .map_err(store_error)?;
         if !evict.is_empty() {
             debug!(evicted = evict.len(), key = %record.key(), "DHT records removed to make room");
         }
-        // Even an unchanged record updates the standing (a stranger may
-        // have become a customer).
         self.occupancy.insert(&record, standing, &evict);
         Ok(outcome)
     }
@@ -181,7 +223,7 @@ impl RecordStore for StoredRecords {
             .store
             .remove_record(&key.to_string())
             .map_err(store_error)?;
-        self.occupancy.remove(key);
+        self.occupancy.forget(key);
         Ok(old.and_then(|bytes| decode(&bytes, common::unix_now()).ok().flatten()))
     }
 
@@ -191,7 +233,7 @@ impl RecordStore for StoredRecords {
             self.store
                 .remove_record(&key.to_string())
                 .map_err(store_error)?;
-            self.occupancy.remove(key);
+            self.occupancy.forget(key);
         }
         Ok(expired.len())
     }
@@ -321,56 +363,112 @@ mod tests {
     }
 
     #[test]
-    fn a_hosted_users_record_is_vouched_for_after_a_reopen_and_never_gives_way() {
+    fn a_customers_record_is_vouched_for_after_a_reopen_and_never_gives_way() {
         let dir = tempfile::tempdir().unwrap();
         let now = common::unix_now();
-        let (host, stranger) = (
+        let (customer, stranger) = (
             PrivateKey::generate(2048).unwrap(),
             PrivateKey::generate(2048).unwrap(),
         );
-        let hosted = identity_record("hosted", &host, now + 600);
+        let vouched = identity_record("customer", &customer, now + 600);
+        let hosted = identity_record("hosted", &stranger, now + 600);
         let strangers: Vec<Record> = ["stranger1", "stranger2", "stranger3"]
             .iter()
             .map(|name| identity_record(name, &stranger, now + 600))
             .collect();
         {
             let store = Store::open(dir.path()).unwrap();
-            // This supplier hosts the identity of `hosted@id-a`.
+            // `customer@id-a` holds a contract here; `hosted@id-a` only
+            // published its name on this identity host, which is free.
+            let node = customer.public_key().node_id();
+            store
+                .hire(&node, "customer@id-a", b"key", 1 << 20, 1 << 30)
+                .unwrap();
             store
                 .update_identity("hosted@id-a", |_| {
-                    Ok::<_, ()>(Some(identity("hosted", &host).to_bytes()))
+                    Ok::<_, ()>(Some(identity("hosted", &stranger).to_bytes()))
                 })
                 .unwrap()
                 .unwrap();
-            let mut records = StoredRecords::new(store, LOCAL, 2).unwrap();
-            // Stored before this supplier knew better, as a stranger's.
-            records
-                .put(hosted.clone(), Standing::Stranger, now)
-                .unwrap();
-            records
-                .put(strangers[0].clone(), Standing::Stranger, now)
-                .unwrap();
+            let mut records = StoredRecords::new(store, LOCAL, 3).unwrap();
+            // Stored before this supplier knew better, as strangers'.
+            for record in [&vouched, &hosted, &strangers[0]] {
+                records
+                    .put(record.clone(), Standing::Stranger, now)
+                    .unwrap();
+            }
         }
-        let mut records = open(dir.path(), 2);
-        // The reopened store knows the hosted user's signer: a vouched
-        // record takes the stranger's place, not the hosted user's...
-        records
-            .put(strangers[1].clone(), Standing::Vouched, now)
-            .unwrap();
+        let mut records = open(dir.path(), 3);
+        // The reopened store knows its customer: vouched records take the
+        // strangers' places (the hosted name's among them), never the
+        // customer's...
+        for offered in &strangers[1..] {
+            records
+                .put(offered.clone(), Standing::Vouched, now)
+                .unwrap();
+            assert!(records.get(vouched.key(), now).unwrap().is_some());
+            assert_eq!(records.len(), 3);
+        }
+        assert!(records.get(hosted.key(), now).unwrap().is_none());
         assert!(records.get(strangers[0].key(), now).unwrap().is_none());
-        assert!(records.get(hosted.key(), now).unwrap().is_some());
         // ...and with no stranger left to give way, the store is full.
         assert!(matches!(
-            records.put(strangers[2].clone(), Standing::Stranger, now),
-            Err(Error::StoreFull { max: 2 })
+            records.put(hosted.clone(), Standing::Vouched, now),
+            Err(Error::StoreFull { max: 3 })
         ));
-        assert_eq!(records.len(), 2);
         // The evicted records are gone from the database too.
         drop(records);
-        let records = open(dir.path(), 2);
+        let records = open(dir.path(), 3);
         assert!(records.get(strangers[0].key(), now).unwrap().is_none());
-        assert!(records.get(strangers[1].key(), now).unwrap().is_some());
-        assert!(records.get(hosted.key(), now).unwrap().is_some());
-        assert_eq!(records.store.records().unwrap().len(), 2);
+        assert!(records.get(hosted.key(), now).unwrap().is_none());
+        for kept in [&vouched, &strangers[1], &strangers[2]] {
+            assert!(records.get(kept.key(), now).unwrap().is_some());
+        }
+        assert_eq!(records.store.records().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_resolver_vouches_for_customers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (customer, hosted) = (
+            PrivateKey::generate(2048).unwrap(),
+            PrivateKey::generate(2048).unwrap(),
+        );
+        let customer_node = customer.public_key().node_id();
+        let hosted_node = hosted.public_key().node_id();
+        store
+            .hire(&customer_node, "customer@id-a", b"key", 1 << 20, 1 << 30)
+            .unwrap();
+        store
+            .update_identity("hosted@id-a", |_| {
+                Ok::<_, ()>(Some(identity("hosted", &hosted).to_bytes()))
+            })
+            .unwrap()
+            .unwrap();
+        let signers = KnownSigners::new(&store);
+        let user = |name: &str| -> common::id::UserId { name.parse().unwrap() };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use dht::signer::SignerResolver;
+            // Both names resolve, so both users' records can be checked...
+            assert_eq!(
+                signers.resolve(&user("customer@id-a")).await,
+                Some(customer_node)
+            );
+            assert_eq!(
+                signers.resolve(&user("hosted@id-a")).await,
+                Some(hosted_node)
+            );
+            // ...but only the customer, under its own key, is vouched for.
+            assert!(signers.vouches(&user("customer@id-a"), customer_node).await);
+            assert!(!signers.vouches(&user("customer@id-a"), hosted_node).await);
+            assert!(!signers.vouches(&user("hosted@id-a"), hosted_node).await);
+            assert!(!signers.vouches(&user("nobody@id-a"), hosted_node).await);
+        });
     }
 }

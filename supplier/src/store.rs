@@ -1642,6 +1642,16 @@ impl Store {
         Ok(old)
     }
 
+    /// Calls `each` with every DHT record's key and stored bytes, one at a
+    /// time, without holding them all in memory.
+    pub fn for_each_record(&self, mut each: impl FnMut(&str, &[u8])) -> Result<(), StoreError> {
+        for item in self.scan(Cf::Records, &[], None)? {
+            let (key, value) = item?;
+            each(&String::from_utf8_lossy(&key), &value);
+        }
+        Ok(())
+    }
+
     /// Every DHT record, as key and stored bytes.
     pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();

@@ -9,7 +9,7 @@
 //! (its record cap, how many records one stranger may keep here, and which
 //! record gives way when it is full).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use common::id::NodeId;
 use tracing::debug;
@@ -51,11 +51,11 @@ pub enum Standing {
     Stranger,
 }
 
-/// Where a store holds records: the first thing every store must do to take
-/// a record is [`Occupancy::admit`] it.
+/// Where a node keeps the records it holds for the DHT.
 ///
-/// Implementations must apply [`check_replacement`] in `put`, bound how many
-/// records they hold with [`Occupancy`], and never return an expired record.
+/// Implementations must apply [`check_replacement`] in `put`, then admit
+/// the record with an [`Occupancy`] (which bounds how many records they
+/// hold and picks what gives way), and never return an expired record.
 /// Methods are fallible so that a database-backed store can report its
 /// errors as [`Error::Store`].
 pub trait RecordStore {
@@ -137,25 +137,37 @@ pub fn check_replacement(
 /// standing, expiry and distance from this node), to decide whether a new
 /// key may come in and, when the store is full, which record gives way.
 ///
-/// The rules, for a key not held yet ([`Occupancy::admit`]):
+/// The rules, for a key not held live yet ([`Occupancy::admit`]):
 ///
-/// - a stranger signer with [`MAX_RECORDS_PER_STRANGER`] live records here
-///   gets no more ([`Error::SignerQuota`]), so filling the store takes many
-///   keys, each an RSA key generation;
+/// - a stranger signer with [`MAX_RECORDS_PER_STRANGER`] records held here
+///   (expired ones not yet swept included) gets no more
+///   ([`Error::SignerQuota`]), so filling the store takes many keys, each an
+///   RSA key generation;
 /// - below the cap, the record comes in;
 /// - at the cap, expired records go first; if none has expired, the
 ///   stranger's record farthest from this node gives way, to a vouched
-///   record always
-///   and to a stranger's only if that one is closer to this node: a
-///   Kademlia node is responsible for the keys near it, and the nodes near
-///   a far key keep that one;
+///   record always and to a stranger's only if that one is closer to this
+///   node: a Kademlia node is responsible for the keys near it, and the
+///   nodes near a far key keep that one;
 /// - otherwise the store is full ([`Error::StoreFull`]). Vouched records
 ///   never give way, so a supplier always keeps its customers' records.
+///
+/// A record once vouched for stays vouched for when the same signer's
+/// record is offered again as a stranger's (a resolver that timed out, a
+/// peer replaying it): it loses that standing only when it leaves the store.
+///
+/// Every decision costs a logarithm of the records held, not a scan.
 #[derive(Debug)]
 pub struct Occupancy {
     local: Key,
     cap: usize,
     held: BTreeMap<RecordKey, Held>,
+    /// How many records each signer has held (expired ones included).
+    signers: HashMap<NodeId, usize>,
+    /// Strangers' records by distance from this node.
+    strangers: BTreeSet<(Distance, RecordKey)>,
+    /// Every record by expiry.
+    expiries: BTreeSet<(i64, RecordKey)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +185,9 @@ impl Occupancy {
             local,
             cap,
             held: BTreeMap::new(),
+            signers: HashMap::new(),
+            strangers: BTreeSet::new(),
+            expiries: BTreeSet::new(),
         }
     }
 
@@ -191,40 +206,60 @@ impl Occupancy {
         self.held.is_empty()
     }
 
-    /// Whether a record of `key` is held.
-    pub fn contains(&self, key: &RecordKey) -> bool {
-        self.held.contains_key(key)
-    }
-
     /// Notes that `record` is now held, with `standing`, in place of
     /// whatever was held under its key, and that the records of `evicted`
-    /// are not.
+    /// are not. A same-signer record held as vouched for stays so.
     pub fn insert(&mut self, record: &Record, standing: Standing, evicted: &[RecordKey]) {
         for key in evicted {
-            self.held.remove(key);
+            self.remove(key);
         }
-        self.held.insert(
-            record.key().clone(),
-            Held {
-                signer: record.signer(),
-                standing,
-                expires_unix: record.expires_unix(),
-                distance: self.local.distance(&record.key().position()),
-            },
-        );
+        let standing = match self.remove(record.key()) {
+            Some(old) if old.signer == record.signer() && old.standing == Standing::Vouched => {
+                Standing::Vouched
+            }
+            _ => standing,
+        };
+        let held = Held {
+            signer: record.signer(),
+            standing,
+            expires_unix: record.expires_unix(),
+            distance: self.local.distance(&record.key().position()),
+        };
+        let key = record.key().clone();
+        *self.signers.entry(held.signer).or_default() += 1;
+        if standing == Standing::Stranger {
+            self.strangers.insert((held.distance, key.clone()));
+        }
+        self.expiries.insert((held.expires_unix, key.clone()));
+        self.held.insert(key, held);
     }
 
     /// Notes that the record of `key` is no longer held.
-    pub fn remove(&mut self, key: &RecordKey) {
-        self.held.remove(key);
+    fn remove(&mut self, key: &RecordKey) -> Option<Held> {
+        let held = self.held.remove(key)?;
+        if let Some(count) = self.signers.get_mut(&held.signer) {
+            *count -= 1;
+            if *count == 0 {
+                self.signers.remove(&held.signer);
+            }
+        }
+        // The set entries are owned pairs: look them up by a clone.
+        self.strangers.remove(&(held.distance, key.clone()));
+        self.expiries.remove(&(held.expires_unix, key.clone()));
+        Some(held)
+    }
+
+    /// Notes that the record of `key` is no longer held.
+    pub fn forget(&mut self, key: &RecordKey) {
+        self.remove(key);
     }
 
     /// The keys whose records have expired at `now_unix`.
     pub fn expired(&self, now_unix: i64) -> Vec<RecordKey> {
-        self.held
+        self.expiries
             .iter()
-            .filter(|(_, held)| held.expires_unix <= now_unix)
-            .map(|(key, _)| key.clone())
+            .take_while(|(expires, _)| *expires <= now_unix)
+            .map(|(_, key)| key.clone())
             .collect()
     }
 
@@ -238,17 +273,25 @@ impl Occupancy {
         standing: Standing,
         now_unix: i64,
     ) -> Result<Vec<RecordKey>, Error> {
-        if self.held.contains_key(record.key()) {
+        let here = self.held.get(record.key());
+        if here.is_some_and(|held| held.expires_unix > now_unix) {
+            // A live record's successor: `check_replacement` has already
+            // made sure it has the same signer.
             return Ok(Vec::new());
         }
-        if standing == Standing::Stranger {
-            let signer = record.signer();
-            let live = self
-                .held
-                .values()
-                .filter(|held| held.signer == signer && held.expires_unix > now_unix)
-                .count();
-            if live >= MAX_RECORDS_PER_STRANGER {
+        let signer = record.signer();
+        let vouched = standing == Standing::Vouched
+            || here.is_some_and(|held| held.signer == signer && held.standing == Standing::Vouched);
+        if !vouched {
+            // An expired record in this key's slot is replaced, not added.
+            let replaced = usize::from(here.is_some_and(|held| held.signer == signer));
+            let holds = self
+                .signers
+                .get(&signer)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(replaced);
+            if holds >= MAX_RECORDS_PER_STRANGER {
                 return Err(Error::SignerQuota {
                     key: record.key().clone(),
                     signer,
@@ -256,21 +299,22 @@ impl Occupancy {
                 });
             }
         }
-        if self.held.len() < self.cap {
+        if here.is_some() || self.held.len() < self.cap {
             return Ok(Vec::new());
         }
         let mut evict = self.expired(now_unix);
         if self.held.len() - evict.len() < self.cap {
             return Ok(evict);
         }
-        let farthest = self
-            .held
-            .iter()
-            .filter(|(_, held)| held.standing == Standing::Stranger)
-            .max_by_key(|(_, held)| held.distance);
+        // Not yet in `evict`: every expired record is, and only those.
+        let farthest = self.strangers.iter().rev().find(|(_, key)| {
+            self.held
+                .get(key)
+                .is_some_and(|held| held.expires_unix > now_unix)
+        });
         let distance = self.local.distance(&record.key().position());
         match farthest {
-            Some((key, held)) if standing == Standing::Vouched || distance < held.distance => {
+            Some((far, key)) if vouched || distance < *far => {
                 evict.push(key.clone());
                 Ok(evict)
             }
@@ -310,7 +354,7 @@ impl MemoryStore {
         let expired = self.occupancy.expired(now_unix);
         for key in &expired {
             self.records.remove(key);
-            self.occupancy.remove(key);
+            self.occupancy.forget(key);
         }
         expired.len()
     }
@@ -333,6 +377,11 @@ impl RecordStore for MemoryStore {
     ) -> Result<PutOutcome, Error> {
         let outcome = check_replacement(self.records.get(record.key()), &record, now_unix)
             .inspect_err(|err| debug!(%err, "record refused"))?;
+        if outcome == PutOutcome::Unchanged {
+            // The record may have become vouched for since.
+            self.occupancy.insert(&record, standing, &[]);
+            return Ok(outcome);
+        }
         let evict = self
             .occupancy
             .admit(&record, standing, now_unix)
@@ -340,17 +389,13 @@ impl RecordStore for MemoryStore {
         for key in &evict {
             self.records.remove(key);
         }
-        // Even an unchanged record updates the standing (a stranger may
-        // have become a customer).
         self.occupancy.insert(&record, standing, &evict);
-        if outcome != PutOutcome::Unchanged {
-            self.records.insert(record.key().clone(), record);
-        }
+        self.records.insert(record.key().clone(), record);
         Ok(outcome)
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<Option<Record>, Error> {
-        self.occupancy.remove(key);
+        self.occupancy.forget(key);
         Ok(self.records.remove(key))
     }
 
@@ -620,20 +665,6 @@ mod tests {
             store.put(extra, Standing::Vouched, NOW).unwrap(),
             PutOutcome::Inserted
         );
-        // Expired records do not count against a stranger.
-        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
-        for name in &names[..MAX_RECORDS_PER_STRANGER] {
-            store
-                .put(squatted(name, NOW + 10), Standing::Stranger, NOW)
-                .unwrap();
-        }
-        store
-            .put(
-                squatted(&names[MAX_RECORDS_PER_STRANGER], NOW + 60),
-                Standing::Stranger,
-                NOW + 10,
-            )
-            .unwrap();
     }
 
     #[test]
@@ -690,6 +721,85 @@ mod tests {
         );
         assert!(matches!(
             store.put(records[3].clone(), Standing::Vouched, NOW),
+            Err(Error::StoreFull { max: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_stranger_cannot_outrun_its_quota_with_short_lived_records() {
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
+        let short: Vec<String> = (0..MAX_RECORDS_PER_STRANGER)
+            .map(|i| format!("short{i}@id-a"))
+            .collect();
+        for name in &short {
+            store
+                .put(squatted(name, NOW + 1), Standing::Stranger, NOW)
+                .unwrap();
+        }
+        // Expired but not swept yet: they still count...
+        let later = NOW + 2;
+        let fresh = |name: &str| {
+            Record::verify(
+                squatted_identity_record(&BOB, name, 2, later + 600),
+                later,
+                None,
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            store.put(fresh("another@id-a"), Standing::Stranger, later),
+            Err(Error::SignerQuota { .. })
+        ));
+        // ...and renewing one in its own slot is fine, but does not free
+        // the others' places.
+        store
+            .put(fresh(&short[0]), Standing::Stranger, later)
+            .unwrap();
+        assert!(matches!(
+            store.put(fresh("another@id-a"), Standing::Stranger, later),
+            Err(Error::SignerQuota { .. })
+        ));
+        // Once swept, the expired ones no longer count.
+        assert_eq!(store.expire(later).unwrap(), MAX_RECORDS_PER_STRANGER - 1);
+        store
+            .put(fresh("another@id-a"), Standing::Stranger, later)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_vouched_record_stays_vouched_when_offered_again_as_a_strangers() {
+        let records: Vec<Record> = (0..3)
+            .map(|i| squatted(&format!("user{i}@id-a"), NOW + 60))
+            .collect();
+        // The node sits at the position of the record a stranger offers.
+        let local = records[2].key().position();
+        let mut store = MemoryStore::new(local, 2);
+        store
+            .put(records[0].clone(), Standing::Vouched, NOW)
+            .unwrap();
+        store
+            .put(records[1].clone(), Standing::Vouched, NOW)
+            .unwrap();
+        // Replayed while the owner's resolver could not answer, say.
+        assert_eq!(
+            store
+                .put(records[0].clone(), Standing::Stranger, NOW)
+                .unwrap(),
+            PutOutcome::Unchanged
+        );
+        let renewed = Record::verify(
+            squatted_identity_record(&BOB, "user1@id-a", 2, NOW + 60),
+            NOW,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            store.put(renewed, Standing::Stranger, NOW).unwrap(),
+            PutOutcome::Replaced
+        );
+        // Neither gives way, even to the closest possible stranger.
+        assert!(matches!(
+            store.put(records[2].clone(), Standing::Stranger, NOW),
             Err(Error::StoreFull { max: 2 })
         ));
     }
