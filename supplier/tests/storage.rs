@@ -652,6 +652,104 @@ async fn a_proven_member_reads_writes_and_subscribes_but_cannot_delete() {
 }
 
 #[tokio::test]
+async fn a_writer_signs_only_under_its_own_registered_name() {
+    let node = Node::start().await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mut owner = alice.storage(&node).await;
+    alice.hire(&mut owner, 10 << 20).await.unwrap();
+    register_share(&alice, &mut owner, "photos", &KEYS[SHARE]).await;
+    let photos = alice.location("photos");
+    let key_id = alice.key_id("photos");
+    // Bob's name is registered (to his key) on the node's identity role.
+    bob.storage(&node).await;
+
+    // Mallory holds the share key too, and signs her version as bob.
+    let as_bob = Customer::with_user(MALLORY, bob.user.clone());
+    let mut member = StorageClient::new(channel_without_publishing(&as_bob, &node).await);
+    prove(&mut member, &as_bob, &photos, &key_id, &KEYS[SHARE])
+        .await
+        .unwrap();
+    put(&mut member, fragment_ref(&photos, 2, 1, 0), b"by mallory")
+        .await
+        .unwrap();
+    let signed = manifest(
+        key_id.clone(),
+        &as_bob,
+        &KEYS[SHARE],
+        2,
+        1,
+        &[b"by mallory"],
+    );
+    let status = commit(&mut member, &as_bob, &photos, signed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("another key"), "{status:?}");
+
+    // A name nobody registered is refused with what to do about it.
+    let ghost = Customer::with_user(MALLORY, format!("ghost@{ID_HOST}").parse().unwrap());
+    let mut member = StorageClient::new(channel_without_publishing(&ghost, &node).await);
+    prove(&mut member, &ghost, &photos, &key_id, &KEYS[SHARE])
+        .await
+        .unwrap();
+    let signed = manifest(key_id.clone(), &ghost, &KEYS[SHARE], 2, 1, &[b"by mallory"]);
+    let status = commit(&mut member, &ghost, &photos, signed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("not registered"), "{status:?}");
+    assert_eq!(list(&mut member, &photos).await.unwrap(), 0);
+
+    // Once registered under her own name, the same member commits.
+    let mallory = Customer::new(MALLORY, "mallory");
+    let mut member = mallory.storage(&node).await;
+    prove(&mut member, &mallory, &photos, &key_id, &KEYS[SHARE])
+        .await
+        .unwrap();
+    let signed = manifest(
+        key_id.clone(),
+        &mallory,
+        &KEYS[SHARE],
+        2,
+        1,
+        &[b"by mallory"],
+    );
+    commit(&mut member, &mallory, &photos, signed)
+        .await
+        .unwrap();
+    // Again, from the supplier's memory of her name.
+    put(&mut member, fragment_ref(&photos, 3, 1, 0), b"again")
+        .await
+        .unwrap();
+    let signed = manifest(key_id.clone(), &mallory, &KEYS[SHARE], 3, 1, &[b"again"]);
+    commit(&mut member, &mallory, &photos, signed)
+        .await
+        .unwrap();
+    assert_eq!(list(&mut member, &photos).await.unwrap(), 2);
+
+    // The owner signs under the name it hired under, not another of its own.
+    let alias = Customer::with_user(ALICE, format!("alias@{ID_HOST}").parse().unwrap());
+    alias.channel(&node).await;
+    let master = alice.location("master");
+    put(&mut owner, fragment_ref(&master, 4, 1, 0), b"owner")
+        .await
+        .unwrap();
+    let signed = manifest(
+        alice.key_id("master"),
+        &alias,
+        &KEYS[ALICE],
+        4,
+        1,
+        &[b"owner"],
+    );
+    let status = commit(&mut owner, &alias, &master, signed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test]
 async fn replayed_and_misbound_proofs_are_refused() {
     let node = Node::start().await;
     let alice = Customer::new(ALICE, "alice");

@@ -7,7 +7,7 @@
 //! possession of the location's key, may read, write and subscribe, but never
 //! delete; the `master` location is the owner's alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +90,10 @@ const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const MAX_ENVELOPE: usize = 64 * 1024;
 /// How long `Hire` waits for a user's identity server, connection included.
 const NAME_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a member's name, once confirmed, is taken as confirmed.
+const NAME_CONFIRMED_FOR: Duration = Duration::from_secs(10 * 60);
+/// Most members' names remembered as confirmed.
+const CONFIRMED_NAMES: usize = 1024;
 
 /// An event for the subscribers of a location (identified by its key).
 #[derive(Debug, Clone)]
@@ -203,6 +207,8 @@ pub struct StorageService {
     supplier_id: NodeId,
     limits: StorageLimits,
     names: NameCheck,
+    /// Members' names confirmed with their identity servers, and when.
+    confirmed: Arc<std::sync::Mutex<HashMap<(String, NodeId), Instant>>>,
     metrics: Metrics,
     cancel: CancellationToken,
 }
@@ -227,6 +233,7 @@ impl StorageService {
             supplier_id,
             limits,
             names,
+            confirmed: Arc::default(),
             metrics,
             cancel,
         }
@@ -464,6 +471,38 @@ impl StorageService {
             ),
             Some(_) => Ok(()),
         }
+    }
+
+    /// [`Self::confirm_name`] for a member writing to a share, remembered
+    /// for a while so that every commit does not ask the identity server.
+    async fn confirm_member_name(&self, document: &IdentityDocument) -> Result<(), Error> {
+        let key = (document.user_id.to_string(), document.node_id());
+        let now = Instant::now();
+        let remembered = {
+            let confirmed = self
+                .confirmed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            confirmed
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < NAME_CONFIRMED_FOR)
+        };
+        if remembered {
+            return Ok(());
+        }
+        self.confirm_name(document).await?;
+        let mut confirmed = self
+            .confirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if confirmed.len() >= CONFIRMED_NAMES {
+            confirmed.retain(|_, at| now.duration_since(*at) < NAME_CONFIRMED_FOR);
+            if confirmed.len() >= CONFIRMED_NAMES {
+                confirmed.clear();
+            }
+        }
+        confirmed.insert(key, now);
+        Ok(())
     }
 
     async fn release(&self, peer: &PeerInfo) -> Result<ReleaseResponse, Error> {
@@ -920,6 +959,17 @@ impl StorageService {
             || writer.document().node_id() != peer.node_id
         {
             return Err(Error::Denied("the manifest's writer is not the caller"));
+        }
+        // The name the version is signed under must be the writer's own:
+        // the owner's is its contract's, a member's its identity server's.
+        if peer.node_id == location.owner {
+            if manifest.writer.to_string() != location.contract.user_id {
+                return Err(Error::Denied(
+                    "the manifest's writer is not the name the owner hired under",
+                ));
+            }
+        } else {
+            self.confirm_member_name(writer.document()).await?;
         }
         signed
             .verify_writer(&writer.document().master_key)
