@@ -111,18 +111,25 @@ impl StoredRecords {
                 Ok(Some(record)) => record,
                 Ok(None) => {
                     gone.push(key.to_owned());
-                    return;
+                    return true;
                 }
-                // Valid but too far ahead: this machine's clock went back.
-                // Kept, and not served, until the clock catches up.
-                Err(error @ Error::ExpiryTooFar { .. }) => {
-                    warn!(%key, %error, "DHT record kept but not counted: check the clock");
-                    return;
+                // Stored when this machine's clock was ahead (it has gone
+                // back since): kept, counted and swept at its expiry, but
+                // not served until the clock catches up.
+                Err(error @ Error::ExpiryTooFar { expires_unix, .. }) => {
+                    warn!(%key, %error, "DHT record from the future: check the clock");
+                    match decode(bytes, expires_unix - dht::record::MAX_TTL_SECS) {
+                        Ok(Some(record)) => record,
+                        _ => {
+                            gone.push(key.to_owned());
+                            return true;
+                        }
+                    }
                 }
                 Err(error) => {
                     warn!(%key, %error, "unreadable DHT record removed");
                     gone.push(key.to_owned());
-                    return;
+                    return true;
                 }
             };
             let customer = is_customer(&store, &record.key().user().to_string(), record.signer())
@@ -136,6 +143,7 @@ impl StoredRecords {
                 Standing::Stranger
             };
             occupancy.insert(&record, standing, &[]);
+            true
         })?;
         for key in gone {
             store.remove_record(&key)?;
@@ -147,7 +155,12 @@ impl StoredRecords {
         let Some(bytes) = self.store.record(key).map_err(store_error)? else {
             return Ok(None);
         };
-        decode(&bytes, now_unix)
+        match decode(&bytes, now_unix) {
+            // Stored when this machine's clock was ahead: not served until
+            // the clock catches up, and replaceable meanwhile.
+            Err(Error::ExpiryTooFar { .. }) => Ok(None),
+            other => other,
+        }
     }
 
     /// Records held, expired ones included until [`RecordStore::expire`]
@@ -235,19 +248,28 @@ impl RecordStore for StoredRecords {
                 .map_err(store_error)?;
             self.occupancy.forget(key);
         }
+        // A customer whose contract ended is a stranger from now on.
+        for (key, signer) in self.occupancy.vouched() {
+            let user = key.user().to_string();
+            if !is_customer(&self.store, &user, signer).map_err(store_error)? {
+                debug!(%key, "DHT record no longer vouched for: its contract ended");
+                self.occupancy.demote(&key);
+            }
+        }
         Ok(expired.len())
     }
 
     fn records(&self, now_unix: i64) -> Result<Vec<Record>, Error> {
         let mut out = Vec::new();
-        for (_, bytes) in self.store.records().map_err(store_error)? {
-            if let Ok(Some(record)) = decode(&bytes, now_unix) {
-                out.push(record);
-            }
-            if out.len() >= self.occupancy.cap() {
-                break;
-            }
-        }
+        let cap = self.occupancy.cap();
+        self.store
+            .for_each_record(|_, bytes| {
+                if let Ok(Some(record)) = decode(bytes, now_unix) {
+                    out.push(record);
+                }
+                out.len() < cap
+            })
+            .map_err(store_error)?;
         Ok(out)
     }
 }
@@ -470,5 +492,95 @@ mod tests {
             assert!(!signers.vouches(&user("hosted@id-a"), hosted_node).await);
             assert!(!signers.vouches(&user("nobody@id-a"), hosted_node).await);
         });
+    }
+
+    #[test]
+    fn a_customer_who_left_is_a_stranger_after_the_next_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = common::unix_now();
+        let (customer, stranger) = (
+            PrivateKey::generate(2048).unwrap(),
+            PrivateKey::generate(2048).unwrap(),
+        );
+        let node = customer.public_key().node_id();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .hire(&node, "customer@id-a", b"key", 1 << 20, 1 << 30)
+            .unwrap();
+        let mut records = StoredRecords::new(store.clone(), LOCAL, 1).unwrap();
+        let theirs = identity_record("customer", &customer, now + 600);
+        records.put(theirs.clone(), Standing::Vouched, now).unwrap();
+        let newcomer = identity_record("stranger1", &stranger, now + 600);
+        records.expire(now).unwrap();
+        assert!(matches!(
+            records.put(newcomer.clone(), Standing::Vouched, now),
+            Err(Error::StoreFull { max: 1 })
+        ));
+        store.release(&node).unwrap();
+        records.expire(now).unwrap();
+        records
+            .put(newcomer.clone(), Standing::Vouched, now)
+            .unwrap();
+        assert!(records.get(theirs.key(), now).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_lowered_cap_is_reached_again_as_records_come_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = common::unix_now();
+        let key = PrivateKey::generate(2048).unwrap();
+        {
+            let mut records = open(dir.path(), 3);
+            for name in ["stranger1", "stranger2", "stranger3"] {
+                records
+                    .put(
+                        identity_record(name, &key, now + 600),
+                        Standing::Stranger,
+                        now,
+                    )
+                    .unwrap();
+            }
+        }
+        let mut records = open(dir.path(), 2);
+        assert_eq!(records.len(), 3);
+        let vouched = identity_record("customer", &key, now + 600);
+        records
+            .put(vouched.clone(), Standing::Vouched, now)
+            .unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records.store.records().unwrap().len(), 2);
+        assert!(records.get(vouched.key(), now).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_record_from_a_clock_that_ran_ahead_is_kept_counted_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = common::unix_now();
+        let ahead = now + 3 * 24 * 3600;
+        let key = PrivateKey::generate(2048).unwrap();
+        let identity = identity("customer", &key);
+        let wire = Record::seal(
+            &key,
+            &RecordKey::identity(identity.document().user_id.clone()),
+            1,
+            ahead + 600,
+            identity.to_proto().encode_to_vec(),
+        )
+        .unwrap()
+        .to_proto();
+        let record = Record::verify(wire, ahead, None).unwrap();
+        // Stored while this machine's clock was three days ahead.
+        open(dir.path(), 10)
+            .put(record.clone(), Standing::Stranger, ahead)
+            .unwrap();
+        // Back to the right time: kept and counted, but not served.
+        let mut records = open(dir.path(), 10);
+        assert_eq!(records.len(), 1);
+        assert!(records.get(record.key(), now).unwrap().is_none());
+        assert!(records.records(now).unwrap().is_empty());
+        assert!(records.get(record.key(), ahead).unwrap().is_some());
+        // Swept once it has expired.
+        assert_eq!(records.expire(ahead + 600).unwrap(), 1);
+        assert!(records.store.records().unwrap().is_empty());
     }
 }

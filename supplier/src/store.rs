@@ -1643,11 +1643,16 @@ impl Store {
     }
 
     /// Calls `each` with every DHT record's key and stored bytes, one at a
-    /// time, without holding them all in memory.
-    pub fn for_each_record(&self, mut each: impl FnMut(&str, &[u8])) -> Result<(), StoreError> {
+    /// time, without holding them all in memory, until it returns `false`.
+    pub fn for_each_record(
+        &self,
+        mut each: impl FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
         for item in self.scan(Cf::Records, &[], None)? {
             let (key, value) = item?;
-            each(&String::from_utf8_lossy(&key), &value);
+            if !each(&String::from_utf8_lossy(&key), &value) {
+                break;
+            }
         }
         Ok(())
     }

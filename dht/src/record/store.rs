@@ -42,8 +42,9 @@ pub enum PutOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
     /// The owner's [`crate::signer::SignerResolver`] named this signer for
-    /// the record's user: on a supplier, a customer or a hosted identity.
-    /// Such records are always kept, at a stranger's expense if need be.
+    /// the record's user (see [`crate::signer::SignerResolver::vouches`]):
+    /// on a supplier, a customer under contract. Such records are always
+    /// kept, at a stranger's expense if need be.
     Vouched,
     /// Nobody here vouches for the signer: the key came with the record
     /// (an `identity/` record) or from the DHT. Anyone can make such keys,
@@ -210,6 +211,7 @@ impl Occupancy {
     /// whatever was held under its key, and that the records of `evicted`
     /// are not. A same-signer record held as vouched for stays so.
     pub fn insert(&mut self, record: &Record, standing: Standing, evicted: &[RecordKey]) {
+        debug_assert!(!evicted.contains(record.key()), "a record evicts itself");
         for key in evicted {
             self.remove(key);
         }
@@ -302,23 +304,54 @@ impl Occupancy {
         if here.is_some() || self.held.len() < self.cap {
             return Ok(Vec::new());
         }
+        // Expired records go first. A store above its cap (the cap was
+        // lowered) comes down to it, one stranger more per record taken.
         let mut evict = self.expired(now_unix);
-        if self.held.len() - evict.len() < self.cap {
+        let needed = self.held.len() + 1 - self.cap;
+        if evict.len() >= needed {
             return Ok(evict);
         }
-        // Not yet in `evict`: every expired record is, and only those.
-        let farthest = self.strangers.iter().rev().find(|(_, key)| {
-            self.held
-                .get(key)
-                .is_some_and(|held| held.expires_unix > now_unix)
-        });
         let distance = self.local.distance(&record.key().position());
-        match farthest {
-            Some((far, key)) if vouched || distance < *far => {
-                evict.push(key.clone());
-                Ok(evict)
-            }
-            _ => Err(Error::StoreFull { max: self.cap }),
+        // Strangers' live records, farthest first (every expired one is in
+        // `evict` already); each must be farther than the newcomer unless
+        // the newcomer is vouched for.
+        let givers: Vec<RecordKey> = self
+            .strangers
+            .iter()
+            .rev()
+            .filter(|(_, key)| {
+                self.held
+                    .get(key)
+                    .is_some_and(|held| held.expires_unix > now_unix)
+            })
+            .take_while(|(far, _)| vouched || distance < *far)
+            .take(needed - evict.len())
+            .map(|(_, key)| key.clone())
+            .collect();
+        if evict.len() + givers.len() < needed {
+            return Err(Error::StoreFull { max: self.cap });
+        }
+        evict.extend(givers);
+        Ok(evict)
+    }
+
+    /// The keys and signers of the records held as vouched for.
+    pub fn vouched(&self) -> Vec<(RecordKey, NodeId)> {
+        self.held
+            .iter()
+            .filter(|(_, held)| held.standing == Standing::Vouched)
+            .map(|(key, held)| (key.clone(), held.signer))
+            .collect()
+    }
+
+    /// Takes the vouched standing of the record of `key` away, when the
+    /// owner has stopped vouching for its signer (a contract ended).
+    pub fn demote(&mut self, key: &RecordKey) {
+        if let Some(held) = self.held.get_mut(key)
+            && held.standing == Standing::Vouched
+        {
+            held.standing = Standing::Stranger;
+            self.strangers.insert((held.distance, key.clone()));
         }
     }
 }
@@ -801,6 +834,38 @@ mod tests {
         assert!(matches!(
             store.put(records[2].clone(), Standing::Stranger, NOW),
             Err(Error::StoreFull { max: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_stranger_at_its_quota_cannot_take_over_an_expired_key_of_another() {
+        let mut store = MemoryStore::new(LOCAL, DEFAULT_MAX_RECORDS);
+        let genuine = Record::verify(
+            identity_record(&ALICE, &ALICE, "alice@id-a", 1, NOW + 10),
+            NOW,
+            None,
+        )
+        .unwrap();
+        store.put(genuine, Standing::Stranger, NOW).unwrap();
+        for i in 0..MAX_RECORDS_PER_STRANGER {
+            store
+                .put(
+                    squatted(&format!("name{i}@id-a"), NOW + 60),
+                    Standing::Stranger,
+                    NOW,
+                )
+                .unwrap();
+        }
+        // Alice's record has expired but is still held; Bob squats it.
+        let squat = Record::verify(
+            squatted_identity_record(&BOB, "alice@id-a", 1, NOW + 60),
+            NOW + 10,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            store.put(squat, Standing::Stranger, NOW + 10),
+            Err(Error::SignerQuota { .. })
         ));
     }
 }
