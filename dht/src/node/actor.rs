@@ -454,8 +454,7 @@ impl State {
     }
 
     fn stats(&self, now_unix: i64) -> NodeStats {
-        let store = &self.store;
-        let records = blocking(|| store.records(now_unix)).map_or(0, |records| records.len());
+        let records = self.store.live(now_unix);
         NodeStats {
             contacts: self.table.len(),
             records,

@@ -82,6 +82,10 @@ pub trait RecordStore {
 
     /// Every record live at `now_unix` (for republishing); at most the cap.
     fn records(&self, now_unix: i64) -> Result<Vec<Record>, Error>;
+
+    /// How many records are live at `now_unix` (for metrics), without
+    /// reading them.
+    fn live(&self, now_unix: i64) -> usize;
 }
 
 /// Whether `offered` may replace `stored` at `now_unix`:
@@ -254,6 +258,16 @@ impl Occupancy {
     /// Notes that the record of `key` is no longer held.
     pub fn forget(&mut self, key: &RecordKey) {
         self.remove(key);
+    }
+
+    /// How many records held are live at `now_unix`.
+    pub fn live(&self, now_unix: i64) -> usize {
+        let expired = self
+            .expiries
+            .iter()
+            .take_while(|(expires, _)| *expires <= now_unix)
+            .count();
+        self.held.len() - expired
     }
 
     /// The keys whose records have expired at `now_unix`.
@@ -444,6 +458,10 @@ impl RecordStore for MemoryStore {
             .cloned()
             .collect())
     }
+
+    fn live(&self, now_unix: i64) -> usize {
+        self.occupancy.live(now_unix)
+    }
 }
 
 #[cfg(test)]
@@ -593,6 +611,8 @@ mod tests {
         assert!(store.get(&suppliers, NOW + 9).unwrap().is_some());
         assert!(store.get(&suppliers, NOW + 10).unwrap().is_none());
         assert_eq!(store.records(NOW + 10).unwrap().len(), 1);
+        assert_eq!(store.live(NOW + 9), 2);
+        assert_eq!(store.live(NOW + 10), 1);
         assert_eq!(store.len(), 2);
         assert_eq!(store.expire(NOW + 10).unwrap(), 1);
         assert_eq!(store.len(), 1);
