@@ -50,6 +50,11 @@ pub struct Config {
     pub max_fragment: ByteSize,
     /// Versions of each object kept.
     pub keep_versions: usize,
+    /// Most customers holding contracts at once; `Hire` from a new
+    /// customer is refused beyond it. Each customer's DHT records are kept
+    /// whatever strangers send, so this also bounds how much of the DHT
+    /// store customers alone can take (two records each, of 100,000).
+    pub max_customers: usize,
     /// Staged fragments no manifest claims are deleted this long after the
     /// last fragment of their version arrived.
     #[serde(with = "humantime_serde")]
@@ -76,6 +81,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(8),
             max_fragment: ByteSize::mib(32),
             keep_versions: 3,
+            max_customers: 10_000,
             staged_ttl: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(60),
         }

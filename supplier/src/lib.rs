@@ -204,6 +204,7 @@ impl Supplier {
                 capacity: config.capacity.as_u64(),
                 max_fragment_bytes: config.max_fragment.as_u64(),
                 keep_versions: config.keep_versions,
+                max_customers: config.max_customers,
                 ..StorageLimits::default()
             },
             NameCheck {

@@ -58,6 +58,12 @@ pub enum StoreError {
         /// Bytes free.
         free: u64,
     },
+    /// The supplier has as many customers as its operator allows.
+    #[error("supplier takes no more customers (it has {max})")]
+    NoMoreCustomers {
+        /// The operator's limit.
+        max: usize,
+    },
     /// The disk the database lives on is nearly full: writing would eat
     /// into the room kept free for the database's own work.
     #[error(
@@ -1029,10 +1035,27 @@ impl Store {
         quota: u64,
         capacity: u64,
     ) -> Result<Contract, StoreError> {
+        self.hire_within(owner, user_id, master_key, quota, capacity, usize::MAX)
+    }
+
+    /// [`Store::hire`], taking a new customer only while fewer than
+    /// `max_customers` hold contracts.
+    pub fn hire_within(
+        &self,
+        owner: &NodeId,
+        user_id: &str,
+        master_key: &[u8],
+        quota: u64,
+        capacity: u64,
+        max_customers: usize,
+    ) -> Result<Contract, StoreError> {
         let _guard = self.lock();
         let existing = self.contract(owner)?;
-        let promised_elsewhere: u64 = self
-            .contracts()?
+        let contracts = self.contracts()?;
+        if existing.is_none() && contracts.len() >= max_customers {
+            return Err(StoreError::NoMoreCustomers { max: max_customers });
+        }
+        let promised_elsewhere: u64 = contracts
             .iter()
             .filter(|(node, _)| node != owner)
             .map(|(_, c)| c.quota_bytes)

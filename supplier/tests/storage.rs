@@ -23,7 +23,7 @@ use proto::storage::v1::{
     ChallengeRequest, CommitManifestRequest, DeleteRequest, Event, EventKind, FragmentHeader,
     FragmentRef, GetFragmentRequest, HireRequest, InlineFragment, KeyRegistration,
     ListManifestsRequest, OfferRequest, ProveRequest, PutFragmentRequest, RegisterKeyRequest,
-    SubscribeRequest, get_fragment_response, put_fragment_request,
+    ReleaseRequest, SubscribeRequest, get_fragment_response, put_fragment_request,
 };
 use supplier::{Config, Supplier};
 use tempfile::TempDir;
@@ -1155,6 +1155,28 @@ async fn channel_without_publishing(customer: &Customer, node: &Node) -> Channel
         .await
         .unwrap()
         .channel
+}
+
+#[tokio::test]
+async fn a_supplier_takes_no_more_customers_than_its_operator_allows() {
+    let node = Node::start_with(|c| Config {
+        max_customers: 1,
+        ..c
+    })
+    .await;
+    let alice = Customer::new(ALICE, "alice");
+    let bob = Customer::new(BOB, "bob");
+    let mut client = alice.storage(&node).await;
+    alice.hire(&mut client, 1 << 20).await.unwrap();
+    let mut other = bob.storage(&node).await;
+    let status = bob.hire(&mut other, 1 << 20).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("no more customers"), "{status:?}");
+    // The customer it has may still change its contract.
+    alice.hire(&mut client, 2 << 20).await.unwrap();
+    // Once that one leaves, there is room again.
+    client.release(ReleaseRequest {}).await.unwrap();
+    bob.hire(&mut other, 1 << 20).await.unwrap();
 }
 
 #[tokio::test]

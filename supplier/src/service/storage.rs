@@ -63,6 +63,8 @@ pub struct StorageLimits {
     pub nonce_ttl: Duration,
     /// Most open subscriptions.
     pub max_subscriptions: usize,
+    /// Most customers holding contracts at once.
+    pub max_customers: usize,
 }
 
 impl Default for StorageLimits {
@@ -74,6 +76,7 @@ impl Default for StorageLimits {
             grant_ttl: Duration::from_secs(300),
             nonce_ttl: Duration::from_secs(60),
             max_subscriptions: 4096,
+            max_customers: 10_000,
         }
     }
 }
@@ -130,7 +133,8 @@ impl From<StoreError> for Error {
         match e {
             StoreError::QuotaExceeded { .. }
             | StoreError::Full { .. }
-            | StoreError::DiskFull { .. } => Self::Exhausted(e.to_string()),
+            | StoreError::DiskFull { .. }
+            | StoreError::NoMoreCustomers { .. } => Self::Exhausted(e.to_string()),
             StoreError::NoContract => {
                 Self::Precondition("no contract with this supplier: hire it first".into())
             }
@@ -391,6 +395,7 @@ impl StorageService {
         let user = document.user_id.to_string();
         let master = document.master_key.spki_der().to_vec();
         let capacity = self.limits.capacity;
+        let max_customers = self.limits.max_customers;
         let quota = request.quota_bytes;
         let contract = self
             .run(move |store| {
@@ -404,7 +409,9 @@ impl StorageService {
                 {
                     return Ok(Err(()));
                 }
-                store.hire(&owner, &user, &master, quota, capacity).map(Ok)
+                store
+                    .hire_within(&owner, &user, &master, quota, capacity, max_customers)
+                    .map(Ok)
             })
             .await?
             .map_err(|()| {
