@@ -163,6 +163,19 @@ impl StoredRecords {
         }
     }
 
+    /// Takes the vouched standing from the records of customers whose
+    /// contracts have ended: they are strangers from now on.
+    fn demote_former_customers(&mut self) -> Result<(), Error> {
+        for (key, signer) in self.occupancy.vouched() {
+            let user = key.user().to_string();
+            if !is_customer(&self.store, &user, signer).map_err(store_error)? {
+                debug!(%key, "DHT record no longer vouched for: its contract ended");
+                self.occupancy.demote(&key);
+            }
+        }
+        Ok(())
+    }
+
     /// Records held, expired ones included until [`RecordStore::expire`]
     /// removes them.
     pub fn len(&self) -> usize {
@@ -219,6 +232,11 @@ impl RecordStore for StoredRecords {
             self.occupancy.insert(&record, standing, &[]);
             return Ok(outcome);
         }
+        if self.occupancy.len() >= self.occupancy.cap() {
+            // Only current customers may hold places no one can take:
+            // contracts released since the last sweep count no more.
+            self.demote_former_customers()?;
+        }
         let evict = self.occupancy.admit(&record, standing, now_unix)?;
         let names: Vec<String> = evict.iter().map(ToString::to_string).collect();
         self.store
@@ -248,14 +266,7 @@ impl RecordStore for StoredRecords {
                 .map_err(store_error)?;
             self.occupancy.forget(key);
         }
-        // A customer whose contract ended is a stranger from now on.
-        for (key, signer) in self.occupancy.vouched() {
-            let user = key.user().to_string();
-            if !is_customer(&self.store, &user, signer).map_err(store_error)? {
-                debug!(%key, "DHT record no longer vouched for: its contract ended");
-                self.occupancy.demote(&key);
-            }
-        }
+        self.demote_former_customers()?;
         Ok(expired.len())
     }
 
@@ -351,17 +362,28 @@ mod tests {
         Record::verify(envelope.to_proto(), common::unix_now(), None).unwrap()
     }
 
+    /// A key for `name@id-a`, who now holds a contract in `store`.
+    fn customer(store: &Store, name: &str) -> PrivateKey {
+        let key = PrivateKey::generate(2048).unwrap();
+        let node = key.public_key().node_id();
+        store
+            .hire(&node, &format!("{name}@id-a"), b"key", 1 << 20, 1 << 30)
+            .unwrap();
+        key
+    }
+
     #[test]
     fn the_cap_counts_held_records_and_expired_ones_make_room() {
         let dir = tempfile::tempdir().unwrap();
-        let key = PrivateKey::generate(2048).unwrap();
         let now = common::unix_now();
         let vouched = Standing::Vouched;
         let mut records = open(dir.path(), 2);
+        let [alice, bob, carol] =
+            ["alice", "bob", "carol"].map(|name| customer(&records.store, name));
         records
-            .put(identity_record("alice", &key, now + 30), vouched, now)
+            .put(identity_record("alice", &alice, now + 30), vouched, now)
             .unwrap();
-        let bob = identity_record("bob", &key, now + 600);
+        let bob = identity_record("bob", &bob, now + 600);
         records.put(bob.clone(), vouched, now).unwrap();
         assert_eq!(records.len(), 2);
         // A record already held needs no room.
@@ -369,15 +391,14 @@ mod tests {
             records.put(bob, vouched, now).unwrap(),
             PutOutcome::Unchanged
         );
+        let carol = identity_record("carol", &carol, now + 600);
         assert!(matches!(
-            records.put(identity_record("carol", &key, now + 600), vouched, now),
+            records.put(carol.clone(), vouched, now),
             Err(Error::StoreFull { max: 2 })
         ));
         assert_eq!(records.len(), 2);
         // Once alice's record has expired, carol's takes its place.
-        records
-            .put(identity_record("carol", &key, now + 600), vouched, now + 60)
-            .unwrap();
+        records.put(carol, vouched, now + 60).unwrap();
         assert_eq!(records.len(), 2);
         records
             .remove(&RecordKey::identity("bob@id-a".parse().unwrap()))
@@ -393,24 +414,14 @@ mod tests {
     fn a_customers_record_is_vouched_for_after_a_reopen_and_never_gives_way() {
         let dir = tempfile::tempdir().unwrap();
         let now = common::unix_now();
-        let (customer, stranger) = (
-            PrivateKey::generate(2048).unwrap(),
-            PrivateKey::generate(2048).unwrap(),
-        );
-        let vouched = identity_record("customer", &customer, now + 600);
+        let stranger = PrivateKey::generate(2048).unwrap();
         let hosted = identity_record("hosted", &stranger, now + 600);
-        let strangers: Vec<Record> = ["stranger1", "stranger2", "stranger3"]
-            .iter()
-            .map(|name| identity_record(name, &stranger, now + 600))
-            .collect();
-        {
+        let first = identity_record("stranger1", &stranger, now + 600);
+        let theirs = {
             let store = Store::open(dir.path()).unwrap();
             // `customer@id-a` holds a contract here; `hosted@id-a` only
             // published its name on this identity host, which is free.
-            let node = customer.public_key().node_id();
-            store
-                .hire(&node, "customer@id-a", b"key", 1 << 20, 1 << 30)
-                .unwrap();
+            let theirs = identity_record("customer", &customer(&store, "customer"), now + 600);
             store
                 .update_identity("hosted@id-a", |_| {
                     Ok::<_, ()>(Some(identity("hosted", &stranger).to_bytes()))
@@ -419,36 +430,41 @@ mod tests {
                 .unwrap();
             let mut records = StoredRecords::new(store, LOCAL, 3).unwrap();
             // Stored before this supplier knew better, as strangers'.
-            for record in [&vouched, &hosted, &strangers[0]] {
+            for record in [&theirs, &hosted, &first] {
                 records
                     .put(record.clone(), Standing::Stranger, now)
                     .unwrap();
             }
-        }
+            theirs
+        };
         let mut records = open(dir.path(), 3);
-        // The reopened store knows its customer: vouched records take the
-        // strangers' places (the hosted name's among them), never the
-        // customer's...
-        for offered in &strangers[1..] {
+        // The reopened store knows its customer: new customers' records
+        // take the strangers' places (the hosted name's among them), never
+        // the first customer's...
+        let newcomers: Vec<Record> = ["second", "third"]
+            .iter()
+            .map(|name| identity_record(name, &customer(&records.store, name), now + 600))
+            .collect();
+        for offered in &newcomers {
             records
                 .put(offered.clone(), Standing::Vouched, now)
                 .unwrap();
-            assert!(records.get(vouched.key(), now).unwrap().is_some());
+            assert!(records.get(theirs.key(), now).unwrap().is_some());
             assert_eq!(records.len(), 3);
         }
         assert!(records.get(hosted.key(), now).unwrap().is_none());
-        assert!(records.get(strangers[0].key(), now).unwrap().is_none());
+        assert!(records.get(first.key(), now).unwrap().is_none());
         // ...and with no stranger left to give way, the store is full.
         assert!(matches!(
-            records.put(hosted.clone(), Standing::Vouched, now),
+            records.put(hosted.clone(), Standing::Stranger, now),
             Err(Error::StoreFull { max: 3 })
         ));
         // The evicted records are gone from the database too.
         drop(records);
         let records = open(dir.path(), 3);
-        assert!(records.get(strangers[0].key(), now).unwrap().is_none());
+        assert!(records.get(first.key(), now).unwrap().is_none());
         assert!(records.get(hosted.key(), now).unwrap().is_none());
-        for kept in [&vouched, &strangers[1], &strangers[2]] {
+        for kept in [&theirs, &newcomers[0], &newcomers[1]] {
             assert!(records.get(kept.key(), now).unwrap().is_some());
         }
         assert_eq!(records.store.records().unwrap().len(), 3);
@@ -500,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn a_customer_who_left_is_a_stranger_after_the_next_sweep() {
+    fn a_customer_who_left_is_a_stranger_as_soon_as_room_is_needed() {
         let dir = tempfile::tempdir().unwrap();
         let now = common::unix_now();
         let (customer, stranger) = (
@@ -521,8 +537,8 @@ mod tests {
             records.put(newcomer.clone(), Standing::Vouched, now),
             Err(Error::StoreFull { max: 1 })
         ));
+        // No sweep in between: the full store asks the contracts again.
         store.release(&node).unwrap();
-        records.expire(now).unwrap();
         records
             .put(newcomer.clone(), Standing::Vouched, now)
             .unwrap();

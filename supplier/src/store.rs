@@ -59,7 +59,7 @@ pub enum StoreError {
         free: u64,
     },
     /// The supplier has as many customers as its operator allows.
-    #[error("supplier takes no more customers (it has {max})")]
+    #[error("supplier takes no more customers (limit {max})")]
     NoMoreCustomers {
         /// The operator's limit.
         max: usize,

@@ -701,6 +701,36 @@ async fn a_writer_signs_only_under_its_own_registered_name() {
     assert!(status.message().contains("not registered"), "{status:?}");
     assert_eq!(list(&mut member, &photos).await.unwrap(), 0);
 
+    // A name whose identity server cannot be reached is not this
+    // supplier's fault: the refusal says which server, and is no
+    // "unavailable" that a customer would pin on the supplier.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let remote = Customer::with_user(MALLORY, format!("far@127.0.0.1_{closed}").parse().unwrap());
+    let mut member = StorageClient::new(channel_without_publishing(&remote, &node).await);
+    prove(&mut member, &remote, &photos, &key_id, &KEYS[SHARE])
+        .await
+        .unwrap();
+    let signed = manifest(
+        key_id.clone(),
+        &remote,
+        &KEYS[SHARE],
+        2,
+        1,
+        &[b"by mallory"],
+    );
+    let status = commit(&mut member, &remote, &photos, signed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("cannot confirm the name"),
+        "{status:?}"
+    );
+
     // Once registered under her own name, the same member commits.
     let mallory = Customer::new(MALLORY, "mallory");
     let mut member = mallory.storage(&node).await;
@@ -718,7 +748,7 @@ async fn a_writer_signs_only_under_its_own_registered_name() {
     commit(&mut member, &mallory, &photos, signed)
         .await
         .unwrap();
-    // Again, from the supplier's memory of her name.
+    // And again (the supplier now remembers her name).
     put(&mut member, fragment_ref(&photos, 3, 1, 0), b"again")
         .await
         .unwrap();
@@ -1169,6 +1199,20 @@ async fn a_supplier_takes_no_more_customers_than_its_operator_allows() {
     let mut client = alice.storage(&node).await;
     alice.hire(&mut client, 1 << 20).await.unwrap();
     let mut other = bob.storage(&node).await;
+    let offered = |client: &mut StorageClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .offer(OfferRequest { requested_bytes: 1 })
+                .await
+                .unwrap()
+                .into_inner()
+                .available_bytes
+        }
+    };
+    // A full house offers a newcomer nothing, and its customer the rest.
+    assert_eq!(offered(&mut other).await, 0);
+    assert!(offered(&mut client).await > 0);
     let status = bob.hire(&mut other, 1 << 20).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("no more customers"), "{status:?}");

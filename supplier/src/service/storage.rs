@@ -359,15 +359,25 @@ impl StorageService {
 
     // Handlers. Each returns our Error; the trait impl maps it and counts it.
 
-    async fn offer(
-        &self,
-        _peer: &PeerInfo,
-        _request: OfferRequest,
-    ) -> Result<OfferResponse, Error> {
-        let promised: u64 = self
-            .run(|store| Ok(store.contracts()?.iter().map(|(_, c)| c.quota_bytes).sum()))
+    async fn offer(&self, peer: &PeerInfo, _request: OfferRequest) -> Result<OfferResponse, Error> {
+        let caller = peer.node_id;
+        let (promised, customers, is_customer): (u64, usize, bool) = self
+            .run(move |store| {
+                let contracts = store.contracts()?;
+                Ok((
+                    contracts.iter().map(|(_, c)| c.quota_bytes).sum(),
+                    contracts.len(),
+                    contracts.iter().any(|(node, _)| *node == caller),
+                ))
+            })
             .await?;
-        let available = self.limits.capacity.saturating_sub(promised);
+        // A supplier with all the customers it takes has nothing to offer a
+        // new one.
+        let available = if is_customer || customers < self.limits.max_customers {
+            self.limits.capacity.saturating_sub(promised)
+        } else {
+            0
+        };
         Ok(OfferResponse {
             available_bytes: available,
             max_contract_bytes: available,
@@ -388,7 +398,16 @@ impl StorageService {
         let owner = peer.node_id;
         // A contract binds the name for DHT records and locations, so a new
         // one needs the identity server's word that the name is this key's.
-        let existing = self.run(move |store| store.contract(&owner)).await?;
+        let (existing, customers) = self
+            .run(move |store| Ok((store.contract(&owner)?, store.contracts()?.len())))
+            .await?;
+        if existing.is_none() && customers >= self.limits.max_customers {
+            // Before asking an identity server anything.
+            return Err(StoreError::NoMoreCustomers {
+                max: self.limits.max_customers,
+            }
+            .into());
+        }
         if existing.is_none_or(|c| c.user_id != document.user_id.to_string()) {
             self.confirm_name(document).await?;
         }
@@ -482,6 +501,7 @@ impl StorageService {
 
     /// [`Self::confirm_name`] for a member writing to a share, remembered
     /// for a while so that every commit does not ask the identity server.
+    /// A member who is a customer here under that name needs no asking.
     async fn confirm_member_name(&self, document: &IdentityDocument) -> Result<(), Error> {
         let key = (document.user_id.to_string(), document.node_id());
         let now = Instant::now();
@@ -497,16 +517,30 @@ impl StorageService {
         if remembered {
             return Ok(());
         }
-        self.confirm_name(document).await?;
+        let (user, node) = key.clone();
+        let customer = self.run(move |store| store.customer(&user)).await? == Some(node);
+        if !customer {
+            self.confirm_name(document).await.map_err(|e| match e {
+                // The member's identity server, not this supplier, is
+                // unreachable: say so, rather than look unavailable.
+                Error::Unavailable(reason) => Error::Precondition(reason),
+                other => other,
+            })?;
+        }
         let mut confirmed = self
             .confirmed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if confirmed.len() >= CONFIRMED_NAMES {
             confirmed.retain(|_, at| now.duration_since(*at) < NAME_CONFIRMED_FOR);
-            if confirmed.len() >= CONFIRMED_NAMES {
-                confirmed.clear();
-            }
+        }
+        if confirmed.len() >= CONFIRMED_NAMES
+            && let Some(oldest) = confirmed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(key, _)| key.clone())
+        {
+            confirmed.remove(&oldest);
         }
         confirmed.insert(key, now);
         Ok(())
@@ -967,6 +1001,12 @@ impl StorageService {
         {
             return Err(Error::Denied("the manifest's writer is not the caller"));
         }
+        signed
+            .verify_writer(&writer.document().master_key)
+            .map_err(|e| bad(e.to_string()))?;
+        if request.position >= manifest.scheme.positions() {
+            return Err(bad("position is outside the manifest's scheme"));
+        }
         // The name the version is signed under must be the writer's own:
         // the owner's is its contract's, a member's its identity server's.
         if peer.node_id == location.owner {
@@ -977,12 +1017,6 @@ impl StorageService {
             }
         } else {
             self.confirm_member_name(writer.document()).await?;
-        }
-        signed
-            .verify_writer(&writer.document().master_key)
-            .map_err(|e| bad(e.to_string()))?;
-        if request.position >= manifest.scheme.positions() {
-            return Err(bad("position is outside the manifest's scheme"));
         }
         let position = request.position;
         let inline = self.inline_fragments(&location, &manifest, position, request.fragments)?;
