@@ -1052,9 +1052,7 @@ impl Store {
         let _guard = self.lock();
         let existing = self.contract(owner)?;
         let contracts = self.contracts()?;
-        if existing.is_none() && contracts.len() >= max_customers {
-            return Err(StoreError::NoMoreCustomers { max: max_customers });
-        }
+        room_for_customer(existing.is_some(), contracts.len(), max_customers)?;
         let promised_elsewhere: u64 = contracts
             .iter()
             .filter(|(node, _)| node != owner)
@@ -1095,6 +1093,16 @@ impl Store {
         );
         self.write(batch)?;
         Ok(contract)
+    }
+
+    /// How many customers hold contracts (a scan of keys, no decoding).
+    pub fn customer_count(&self) -> Result<usize, StoreError> {
+        let mut customers = 0;
+        for item in self.scan(Cf::Contracts, &[], None)? {
+            item?;
+            customers += 1;
+        }
+        Ok(customers)
     }
 
     /// Ends a contract and deletes everything the customer stored.
@@ -1680,16 +1688,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every DHT record, as key and stored bytes.
-    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.scan(Cf::Records, &[], None)? {
-            let (key, value) = item?;
-            out.push((String::from_utf8_lossy(&key).into_owned(), value.into_vec()));
-        }
-        Ok(out)
-    }
-
     // Mailboxes.
 
     /// Messages waiting for `recipient`, oldest first, at most `limit`.
@@ -1746,6 +1744,21 @@ impl Store {
         }
         self.write(batch)?;
         Ok(count)
+    }
+}
+
+/// Whether a caller that `has_contract` (or not) may hold one: a customer
+/// keeps its contract; a new one comes in only while fewer than
+/// `max_customers` of the `customers` hold contracts.
+pub fn room_for_customer(
+    has_contract: bool,
+    customers: usize,
+    max_customers: usize,
+) -> Result<(), StoreError> {
+    if has_contract || customers < max_customers {
+        Ok(())
+    } else {
+        Err(StoreError::NoMoreCustomers { max: max_customers })
     }
 }
 

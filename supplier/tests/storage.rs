@@ -651,6 +651,22 @@ async fn a_proven_member_reads_writes_and_subscribes_but_cannot_delete() {
     );
 }
 
+/// `writer`, connected without publishing its identity and proven with the
+/// share key, stages one fragment and commits it as a version signed under
+/// its name.
+async fn commit_as_member(
+    node: &Node,
+    writer: &Customer,
+    location: &Location,
+    key_id: &KeyId,
+) -> Result<(), tonic::Status> {
+    let mut member = StorageClient::new(channel_without_publishing(writer, node).await);
+    prove(&mut member, writer, location, key_id, &KEYS[SHARE]).await?;
+    put(&mut member, fragment_ref(location, 2, 1, 0), b"by mallory").await?;
+    let signed = manifest(key_id.clone(), writer, &KEYS[SHARE], 2, 1, &[b"by mallory"]);
+    commit(&mut member, writer, location, signed).await
+}
+
 #[tokio::test]
 async fn a_writer_signs_only_under_its_own_registered_name() {
     let node = Node::start().await;
@@ -666,22 +682,7 @@ async fn a_writer_signs_only_under_its_own_registered_name() {
 
     // Mallory holds the share key too, and signs her version as bob.
     let as_bob = Customer::with_user(MALLORY, bob.user.clone());
-    let mut member = StorageClient::new(channel_without_publishing(&as_bob, &node).await);
-    prove(&mut member, &as_bob, &photos, &key_id, &KEYS[SHARE])
-        .await
-        .unwrap();
-    put(&mut member, fragment_ref(&photos, 2, 1, 0), b"by mallory")
-        .await
-        .unwrap();
-    let signed = manifest(
-        key_id.clone(),
-        &as_bob,
-        &KEYS[SHARE],
-        2,
-        1,
-        &[b"by mallory"],
-    );
-    let status = commit(&mut member, &as_bob, &photos, signed)
+    let status = commit_as_member(&node, &as_bob, &photos, &key_id)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -689,17 +690,12 @@ async fn a_writer_signs_only_under_its_own_registered_name() {
 
     // A name nobody registered is refused with what to do about it.
     let ghost = Customer::with_user(MALLORY, format!("ghost@{ID_HOST}").parse().unwrap());
-    let mut member = StorageClient::new(channel_without_publishing(&ghost, &node).await);
-    prove(&mut member, &ghost, &photos, &key_id, &KEYS[SHARE])
-        .await
-        .unwrap();
-    let signed = manifest(key_id.clone(), &ghost, &KEYS[SHARE], 2, 1, &[b"by mallory"]);
-    let status = commit(&mut member, &ghost, &photos, signed)
+    let status = commit_as_member(&node, &ghost, &photos, &key_id)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("not registered"), "{status:?}");
-    assert_eq!(list(&mut member, &photos).await.unwrap(), 0);
+    assert_eq!(list(&mut owner, &photos).await.unwrap(), 0);
 
     // A name whose identity server cannot be reached is not this
     // supplier's fault: the refusal says which server, and is no
@@ -710,19 +706,7 @@ async fn a_writer_signs_only_under_its_own_registered_name() {
         .unwrap()
         .port();
     let remote = Customer::with_user(MALLORY, format!("far@127.0.0.1_{closed}").parse().unwrap());
-    let mut member = StorageClient::new(channel_without_publishing(&remote, &node).await);
-    prove(&mut member, &remote, &photos, &key_id, &KEYS[SHARE])
-        .await
-        .unwrap();
-    let signed = manifest(
-        key_id.clone(),
-        &remote,
-        &KEYS[SHARE],
-        2,
-        1,
-        &[b"by mallory"],
-    );
-    let status = commit(&mut member, &remote, &photos, signed)
+    let status = commit_as_member(&node, &remote, &photos, &key_id)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");

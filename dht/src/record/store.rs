@@ -219,7 +219,7 @@ impl Occupancy {
         for key in evicted {
             self.remove(key);
         }
-        let standing = match self.remove(record.key()) {
+        let standing = match self.take(record.key()) {
             Some(old) if old.signer == record.signer() && old.standing == Standing::Vouched => {
                 Standing::Vouched
             }
@@ -241,7 +241,13 @@ impl Occupancy {
     }
 
     /// Notes that the record of `key` is no longer held.
-    fn remove(&mut self, key: &RecordKey) -> Option<Held> {
+    pub fn remove(&mut self, key: &RecordKey) {
+        self.take(key);
+    }
+
+    /// Takes the record of `key` out of every index, returning what was
+    /// known of it.
+    fn take(&mut self, key: &RecordKey) -> Option<Held> {
         let held = self.held.remove(key)?;
         if let Some(count) = self.signers.get_mut(&held.signer) {
             *count -= 1;
@@ -255,28 +261,21 @@ impl Occupancy {
         Some(held)
     }
 
-    /// Notes that the record of `key` is no longer held.
-    pub fn forget(&mut self, key: &RecordKey) {
-        self.remove(key);
-    }
-
     /// How many records held are live at `now_unix`.
     pub fn live(&self, now_unix: i64) -> usize {
-        let expired = self
-            .expiries
-            .iter()
-            .take_while(|(expires, _)| *expires <= now_unix)
-            .count();
-        self.held.len() - expired
+        self.held.len() - self.expired_keys(now_unix).count()
     }
 
     /// The keys whose records have expired at `now_unix`.
     pub fn expired(&self, now_unix: i64) -> Vec<RecordKey> {
+        self.expired_keys(now_unix).cloned().collect()
+    }
+
+    fn expired_keys(&self, now_unix: i64) -> impl Iterator<Item = &RecordKey> {
         self.expiries
             .iter()
-            .take_while(|(expires, _)| *expires <= now_unix)
-            .map(|(_, key)| key.clone())
-            .collect()
+            .take_while(move |(expires, _)| *expires <= now_unix)
+            .map(|(_, key)| key)
     }
 
     /// Whether `record` may be held at `now_unix`, and which records the
@@ -401,7 +400,7 @@ impl MemoryStore {
         let expired = self.occupancy.expired(now_unix);
         for key in &expired {
             self.records.remove(key);
-            self.occupancy.forget(key);
+            self.occupancy.remove(key);
         }
         expired.len()
     }
@@ -442,7 +441,7 @@ impl RecordStore for MemoryStore {
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<Option<Record>, Error> {
-        self.occupancy.forget(key);
+        self.occupancy.remove(key);
         Ok(self.records.remove(key))
     }
 

@@ -43,7 +43,9 @@ use tracing::{debug, info, warn};
 
 use crate::grant::{GrantError, Grants};
 use crate::metrics::Metrics;
-use crate::store::{Carried, Commit, CommitRefusal, Contract, KeyRecord, Store, StoreError, keys};
+use crate::store::{
+    Carried, Commit, CommitRefusal, Contract, KeyRecord, Store, StoreError, keys, room_for_customer,
+};
 
 /// Most fragment bytes one commit may carry (`CommitManifestRequest.fragments`).
 pub const MAX_INLINE_BYTES: u64 = 1 << 20;
@@ -361,22 +363,15 @@ impl StorageService {
 
     async fn offer(&self, peer: &PeerInfo, _request: OfferRequest) -> Result<OfferResponse, Error> {
         let caller = peer.node_id;
-        let (promised, customers, is_customer): (u64, usize, bool) = self
-            .run(move |store| {
-                let contracts = store.contracts()?;
-                Ok((
-                    contracts.iter().map(|(_, c)| c.quota_bytes).sum(),
-                    contracts.len(),
-                    contracts.iter().any(|(node, _)| *node == caller),
-                ))
-            })
-            .await?;
+        let contracts = self.run(|store| store.contracts()).await?;
+        let has_contract = contracts.iter().any(|(node, _)| *node == caller);
         // A supplier with all the customers it takes has nothing to offer a
         // new one.
-        let available = if is_customer || customers < self.limits.max_customers {
-            self.limits.capacity.saturating_sub(promised)
-        } else {
-            0
+        let room = room_for_customer(has_contract, contracts.len(), self.limits.max_customers);
+        let promised: u64 = contracts.iter().map(|(_, c)| c.quota_bytes).sum();
+        let available = match room {
+            Ok(()) => self.limits.capacity.saturating_sub(promised),
+            Err(_) => 0,
         };
         Ok(OfferResponse {
             available_bytes: available,
@@ -398,23 +393,21 @@ impl StorageService {
         let owner = peer.node_id;
         // A contract binds the name for DHT records and locations, so a new
         // one needs the identity server's word that the name is this key's.
-        let (existing, customers) = self
-            .run(move |store| Ok((store.contract(&owner)?, store.contracts()?.len())))
+        let max_customers = self.limits.max_customers;
+        let existing = self
+            .run(move |store| {
+                // Before asking an identity server anything.
+                let existing = store.contract(&owner)?;
+                room_for_customer(existing.is_some(), store.customer_count()?, max_customers)?;
+                Ok(existing)
+            })
             .await?;
-        if existing.is_none() && customers >= self.limits.max_customers {
-            // Before asking an identity server anything.
-            return Err(StoreError::NoMoreCustomers {
-                max: self.limits.max_customers,
-            }
-            .into());
-        }
         if existing.is_none_or(|c| c.user_id != document.user_id.to_string()) {
             self.confirm_name(document).await?;
         }
         let user = document.user_id.to_string();
         let master = document.master_key.spki_der().to_vec();
         let capacity = self.limits.capacity;
-        let max_customers = self.limits.max_customers;
         let quota = request.quota_bytes;
         let contract = self
             .run(move |store| {
@@ -505,15 +498,10 @@ impl StorageService {
     async fn confirm_member_name(&self, document: &IdentityDocument) -> Result<(), Error> {
         let key = (document.user_id.to_string(), document.node_id());
         let now = Instant::now();
-        let remembered = {
-            let confirmed = self
-                .confirmed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            confirmed
-                .get(&key)
-                .is_some_and(|at| now.duration_since(*at) < NAME_CONFIRMED_FOR)
-        };
+        let remembered = self
+            .confirmed()
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < NAME_CONFIRMED_FOR);
         if remembered {
             return Ok(());
         }
@@ -527,10 +515,7 @@ impl StorageService {
                 other => other,
             })?;
         }
-        let mut confirmed = self
-            .confirmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut confirmed = self.confirmed();
         if confirmed.len() >= CONFIRMED_NAMES {
             confirmed.retain(|_, at| now.duration_since(*at) < NAME_CONFIRMED_FOR);
         }
@@ -544,6 +529,13 @@ impl StorageService {
         }
         confirmed.insert(key, now);
         Ok(())
+    }
+
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, NodeId), Instant>> {
+        // Each change leaves the map whole, so a poisoned lock is usable.
+        self.confirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn release(&self, peer: &PeerInfo) -> Result<ReleaseResponse, Error> {
