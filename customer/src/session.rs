@@ -580,8 +580,15 @@ impl Session {
 /// suppliers republish it meanwhile.
 const RECORD_LIFETIME_SECS: i64 = 47 * 3600;
 
-/// Finds who signs a user's records: our own key, or the key from their
-/// identity server, checked against our pins.
+/// How long the DHT's signer resolver waits for an identity server.
+const IDENTITY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Finds who signs a user's records: our own key, else the key pinned for
+/// them, else the key from their identity server (then pinned).
+///
+/// A pin always wins: a user we pinned is never resolved through their
+/// identity server or the DHT's `identity/` records, so neither can swap
+/// the key. A pin file that cannot be read is an error, not "no pin".
 #[derive(Debug)]
 struct IdentitySigners {
     dialer: Dialer,
@@ -591,20 +598,49 @@ struct IdentitySigners {
 }
 
 impl dht::signer::SignerResolver for IdentitySigners {
-    fn resolve<'a>(
-        &'a self,
-        user: &'a UserId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeId>> + Send + 'a>> {
+    fn resolve<'a>(&'a self, user: &'a UserId) -> dht::signer::Resolving<'a> {
         Box::pin(async move {
+            use dht::signer::Unresolved;
             if user == &self.me {
-                return Some(self.my_node);
+                return Ok(Some(self.my_node));
             }
-            let identity = idserver::fetch(&self.dialer, &user.idhost().server_addr(), user)
-                .await
-                .ok()?;
-            let key = &identity.document().master_key;
-            self.pins.check(user, key).ok()?;
-            Some(key.node_id())
+            if let Some(pinned) = self
+                .pins
+                .get(user)
+                .map_err(|e| Unresolved::new(e.to_string()))?
+            {
+                return Ok(Some(pinned));
+            }
+            // Well within the DHT node's request timeout, so that a server
+            // that hangs leaves time for the fallback.
+            let fetched = tokio::time::timeout(
+                IDENTITY_LOOKUP_TIMEOUT,
+                idserver::fetch(&self.dialer, &user.idhost().server_addr(), user),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(IdServerError::Unreachable {
+                    server: user.idhost().server_addr(),
+                    reason: format!("no answer within {IDENTITY_LOOKUP_TIMEOUT:?}"),
+                })
+            });
+            match fetched {
+                Ok(identity) => {
+                    let key = &identity.document().master_key;
+                    // Pins it; fails only if another lookup pinned another
+                    // key meanwhile.
+                    self.pins
+                        .check(user, key)
+                        .map_err(|e| Unresolved::new(e.to_string()))?;
+                    Ok(Some(key.node_id()))
+                }
+                // Nothing pinned and no word from the identity server: the
+                // DHT's `identity/` record is the fallback.
+                Err(error) => {
+                    tracing::debug!(%user, %error, "identity server gave no signer");
+                    Ok(None)
+                }
+            }
         })
     }
 }

@@ -101,6 +101,15 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the dht node has stopped")]
     Shutdown,
+    /// The owner's resolver could not say who signs `user`'s records, so
+    /// they can be neither stored nor believed now.
+    #[error("cannot check who signs the records of {user}: {reason}")]
+    SignerUnavailable {
+        /// The user the record key names.
+        user: UserId,
+        /// What the resolver reported.
+        reason: String,
+    },
 }
 
 /// What [`DhtHandle::put`] achieved.
@@ -564,7 +573,7 @@ impl Shared {
 
     async fn get(&self, key: &RecordKey) -> Result<Option<Record>, NodeError> {
         let expected = match key.kind() {
-            RecordKind::Identity => self.pinned(key.user()).await,
+            RecordKind::Identity => self.pinned(key.user()).await?,
             RecordKind::Suppliers => match self.resolve_signer(key.user()).await? {
                 Some(signer) => Some(signer),
                 None => return Err(crate::Error::SignerUnknown { key: key.clone() }.into()),
@@ -623,19 +632,32 @@ impl Shared {
         Ok(best)
     }
 
-    /// The node ID the owner's resolver gives for `user`, if any.
-    async fn pinned(&self, user: &UserId) -> Option<NodeId> {
-        tokio::time::timeout(self.config.request_timeout, self.signers.resolve(user))
-            .await
-            .ok()
-            .flatten()
+    /// The node ID the owner's resolver gives for `user`, if any. A
+    /// resolver that fails or does not answer in time is an error, never
+    /// "no pin": the caller must not fall back to what the DHT says.
+    async fn pinned(&self, user: &UserId) -> Result<Option<NodeId>, NodeError> {
+        let unavailable = |reason: String| {
+            warn!(%user, %reason, "cannot resolve the signer");
+            NodeError::SignerUnavailable {
+                user: user.clone(),
+                reason,
+            }
+        };
+        match tokio::time::timeout(self.config.request_timeout, self.signers.resolve(user)).await {
+            Ok(Ok(signer)) => Ok(signer),
+            Ok(Err(error)) => Err(unavailable(error.reason)),
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                self.config.request_timeout
+            ))),
+        }
     }
 
     /// The node ID of `user`'s master key: the resolver's, else (with
     /// [`Config::identity_fallback`]) the signer of the user's `identity/`
     /// record, cached.
     async fn resolve_signer(&self, user: &UserId) -> Result<Option<NodeId>, NodeError> {
-        if let Some(signer) = self.pinned(user).await {
+        if let Some(signer) = self.pinned(user).await? {
             return Ok(Some(signer));
         }
         if !self.config.identity_fallback {
@@ -679,7 +701,7 @@ impl Shared {
         let record = match Record::verify(wire.clone(), now_unix, None) {
             // Only self-certifying `identity/` records pass without a
             // signer; the owner's pin still applies to them.
-            Ok(record) => match self.pinned(record.key().user()).await {
+            Ok(record) => match self.pinned(record.key().user()).await? {
                 Some(pin) if pin != record.signer() => {
                     return Err(crate::Error::WrongSigner {
                         key: record.key().clone(),

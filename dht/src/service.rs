@@ -240,6 +240,9 @@ impl From<ServiceError> for Status {
             ServiceError::Unauthenticated(status) => status,
             ServiceError::Node(NodeError::Busy) => Status::unavailable("busy"),
             ServiceError::Node(NodeError::Shutdown) => Status::unavailable("shutting down"),
+            ServiceError::Node(NodeError::SignerUnavailable { .. }) => {
+                Status::unavailable("cannot check the signer of this record now")
+            }
             ServiceError::Node(NodeError::Record(error)) => record_status(&error),
             ServiceError::Node(error) => {
                 error!(%error, "dht request failed");

@@ -31,21 +31,44 @@ use std::time::{Duration, Instant};
 
 use common::id::{NodeId, UserId};
 
+/// The answer of a [`SignerResolver`], on its way.
+pub type Resolving<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<NodeId>, Unresolved>> + Send + 'a>>;
+
+/// A resolver could not tell whether it knows a user's signer (its
+/// database failed, say), so nothing signed in that user's name may be
+/// believed for now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unresolved {
+    /// Why, for the log and for the caller.
+    pub reason: String,
+}
+
+impl Unresolved {
+    /// A failure for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Resolves a user to the node ID of their master key.
 ///
 /// Implementations should answer quickly and bound their own network calls
-/// (the node also wraps each call in its request timeout). `None` means
-/// "not known here", after which the node may fall back to `identity/`
-/// records in the DHT.
+/// (the node also wraps each call in its request timeout). `Ok(None)` means
+/// "nobody here knows this user", after which the node may fall back to
+/// `identity/` records in the DHT. An error means "there may be a pin, but
+/// it cannot be read now": the node then refuses to store or return the
+/// user's records rather than fall back, because a fallback would skip the
+/// pin. A timeout counts as such an error.
 pub trait SignerResolver: Send + Sync + fmt::Debug {
     /// The node ID of `user`'s master key, if known.
     ///
     /// Must be cancel-safe: the node drops the future when its timeout
     /// passes.
-    fn resolve<'a>(
-        &'a self,
-        user: &'a UserId,
-    ) -> Pin<Box<dyn Future<Output = Option<NodeId>> + Send + 'a>>;
+    fn resolve<'a>(&'a self, user: &'a UserId) -> Resolving<'a>;
 
     /// Whether the node's owner vouches for `signer` as `user`'s key, so
     /// that the user's records always have room in the node's store (see
@@ -60,7 +83,9 @@ pub trait SignerResolver: Send + Sync + fmt::Debug {
         user: &'a UserId,
         signer: NodeId,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(async move { self.resolve(user).await == Some(signer) })
+        Box::pin(
+            async move { matches!(self.resolve(user).await, Ok(Some(found)) if found == signer) },
+        )
     }
 }
 
@@ -70,11 +95,8 @@ pub trait SignerResolver: Send + Sync + fmt::Debug {
 pub struct NoSigners;
 
 impl SignerResolver for NoSigners {
-    fn resolve<'a>(
-        &'a self,
-        _user: &'a UserId,
-    ) -> Pin<Box<dyn Future<Output = Option<NodeId>> + Send + 'a>> {
-        Box::pin(std::future::ready(None))
+    fn resolve<'a>(&'a self, _user: &'a UserId) -> Resolving<'a> {
+        Box::pin(std::future::ready(Ok(None)))
     }
 }
 
@@ -103,11 +125,8 @@ impl StaticSigners {
 }
 
 impl SignerResolver for StaticSigners {
-    fn resolve<'a>(
-        &'a self,
-        user: &'a UserId,
-    ) -> Pin<Box<dyn Future<Output = Option<NodeId>> + Send + 'a>> {
-        Box::pin(std::future::ready(self.signers.get(user).copied()))
+    fn resolve<'a>(&'a self, user: &'a UserId) -> Resolving<'a> {
+        Box::pin(std::future::ready(Ok(self.signers.get(user).copied())))
     }
 }
 
@@ -205,10 +224,10 @@ mod tests {
         let signers = StaticSigners::new().with(user("alice"), NodeId::from_array([1; 32]));
         assert_eq!(
             signers.resolve(&user("alice")).await,
-            Some(NodeId::from_array([1; 32]))
+            Ok(Some(NodeId::from_array([1; 32])))
         );
-        assert_eq!(signers.resolve(&user("bob")).await, None);
-        assert_eq!(NoSigners.resolve(&user("alice")).await, None);
+        assert_eq!(signers.resolve(&user("bob")).await, Ok(None));
+        assert_eq!(NoSigners.resolve(&user("alice")).await, Ok(None));
     }
 
     #[test]

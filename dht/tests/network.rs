@@ -1,6 +1,7 @@
 //! DHT nodes over real loopback mutual TLS: a 50-node network with a
 //! customer, bad records, expiry and node loss; bootstrap seeds resolved by
-//! hickory from a DNS server inside the test; and the service's trust rules.
+//! hickory from a DNS server inside the test; the service's trust rules;
+//! and a signer resolver that fails.
 //!
 //! Keys are 2048-bit and made once for the whole binary. No test uses a
 //! fixed port or the internet, and every wait is a polled condition with a
@@ -24,7 +25,7 @@ use common::tls::TlsIdentity;
 use common::unix_now;
 use dht::node::{Config, SeedResolver};
 use dht::record::{Record, RecordKey};
-use dht::signer::{NoSigners, StaticSigners};
+use dht::signer::{NoSigners, Resolving, SignerResolver, StaticSigners, Unresolved};
 use dht::{Contact, Key, NodeError};
 use harness::{ServerNode, Setup, eventually};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -699,5 +700,76 @@ async fn the_service_trusts_only_the_handshake() -> Result<()> {
 
     server.stop().await;
     other.stop().await;
+    Ok(())
+}
+
+/// A resolver whose database is down for alice and never answers for bob;
+/// it knows nobody else.
+#[derive(Debug)]
+struct Unreliable;
+
+impl SignerResolver for Unreliable {
+    fn resolve<'a>(&'a self, who: &'a UserId) -> Resolving<'a> {
+        if who == &user("alice") {
+            Box::pin(std::future::ready(Err(Unresolved::new("database is down"))))
+        } else if who == &user("bob") {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_cannot_answer_is_never_taken_for_no_pin() -> Result<()> {
+    harness::init_tracing();
+    // A short resolver timeout, well inside the probe's 5 s deadline.
+    let quick = |config: &mut Config| {
+        tune(config);
+        config.request_timeout = Duration::from_secs(1);
+    };
+    let setup = Setup::new(quick, Arc::new(Unreliable));
+    let server = ServerNode::spawn(&KEYS[7], &setup).await?;
+    server.handle.bootstrap(Vec::new()).await?;
+    let dialer = probe(&KEYS[8])?;
+    let expires = unix_now() + 600;
+
+    // Mallory's self-certifying claims to alice's and bob's names would be
+    // believed if a failed or silent resolver meant "no pin": both are
+    // refused as for now unavailable, and nothing is stored.
+    for name in ["alice", "bob"] {
+        let squat = identity_record(mallory(), name, 1, expires);
+        match raw_store(&dialer, &server, squat.to_proto()).await? {
+            Err(status)
+                if status.code() == Code::Unavailable
+                    && status.message().contains("cannot check the signer") => {}
+            other => bail!("{name}'s squatted identity got {other:?}"),
+        }
+        let key = RecordKey::identity(user(name));
+        ensure!(raw_find_value(&dialer, &server, &key).await?.is_none());
+        match server.handle.get(&key).await {
+            Err(NodeError::SignerUnavailable { user: who, .. }) if who == user(name) => {}
+            other => bail!("getting {name}'s identity gave {other:?}"),
+        }
+        match server.handle.get(&RecordKey::suppliers(user(name))).await {
+            Err(NodeError::SignerUnavailable { .. }) => {}
+            other => bail!("getting {name}'s suppliers gave {other:?}"),
+        }
+    }
+
+    // A user the resolver answers "unknown" for still falls back to the
+    // DHT's identity record, as designed.
+    let carol = identity_record(bob(), "carol", 1, expires);
+    ensure!(raw_store(&dialer, &server, carol.to_proto()).await?.is_ok());
+    let list = suppliers_record(bob(), "carol", 1, expires, supplier_list("carol", &[]));
+    ensure!(raw_store(&dialer, &server, list.to_proto()).await?.is_ok());
+    let found = server
+        .handle
+        .get(&RecordKey::suppliers(user("carol")))
+        .await?
+        .context("carol's supplier list")?;
+    ensure!(found.signer() == node_id(bob()));
+
+    server.stop().await;
     Ok(())
 }

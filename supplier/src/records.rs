@@ -14,6 +14,7 @@ use dht::Key;
 use dht::record::{
     Occupancy, PutOutcome, Record, RecordKey, RecordStore, Standing, check_replacement,
 };
+use dht::signer::Unresolved;
 use prost::Message;
 use tracing::{debug, warn};
 
@@ -37,15 +38,22 @@ impl KnownSigners {
 }
 
 /// The node ID `store` knows for `user`: a customer's, else a hosted
-/// identity's.
-fn known_signer(store: &Store, user: &str) -> Result<Option<NodeId>, StoreError> {
-    if let Some(node) = store.customer(user)? {
+/// identity's. A hosted identity that no longer parses is an error, not
+/// "unknown": the DHT's word must not stand in for it.
+fn known_signer(store: &Store, user: &str) -> Result<Option<NodeId>, Unresolved> {
+    let database = |error: StoreError| Unresolved::new(format!("supplier database: {error}"));
+    if let Some(node) = store.customer(user).map_err(database)? {
         return Ok(Some(node));
     }
-    Ok(store
-        .identity(user)?
-        .and_then(|bytes| common::identity::SignedIdentity::from_bytes(&bytes).ok())
-        .map(|identity| identity.document().node_id()))
+    store
+        .identity(user)
+        .map_err(database)?
+        .map(|bytes| {
+            common::identity::SignedIdentity::from_bytes(&bytes)
+                .map(|identity| identity.document().node_id())
+                .map_err(|e| Unresolved::new(format!("the hosted identity of {user}: {e}")))
+        })
+        .transpose()
 }
 
 /// Whether `signer` is the key `user` holds a contract under here. Only
@@ -56,18 +64,17 @@ fn is_customer(store: &Store, user: &str, signer: NodeId) -> Result<bool, StoreE
 }
 
 impl dht::signer::SignerResolver for KnownSigners {
-    fn resolve<'a>(
-        &'a self,
-        user: &'a common::id::UserId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeId>> + Send + 'a>> {
+    fn resolve<'a>(&'a self, user: &'a common::id::UserId) -> dht::signer::Resolving<'a> {
         let store = self.store.upgrade();
         let user = user.to_string();
         Box::pin(async move {
-            store?
-                .run(move |store| known_signer(store, &user))
+            let Some(store) = store else {
+                return Err(Unresolved::new("the supplier is shutting down"));
+            };
+            store
+                .run(move |store| Ok::<_, StoreError>(known_signer(store, &user)))
                 .await
-                .ok()
-                .flatten()
+                .map_err(|error| Unresolved::new(format!("supplier database: {error}")))?
         })
     }
 
@@ -514,17 +521,27 @@ mod tests {
             // Both names resolve, so both users' records can be checked...
             assert_eq!(
                 signers.resolve(&user("customer@id-a")).await,
-                Some(customer_node)
+                Ok(Some(customer_node))
             );
             assert_eq!(
                 signers.resolve(&user("hosted@id-a")).await,
-                Some(hosted_node)
+                Ok(Some(hosted_node))
             );
+            assert_eq!(signers.resolve(&user("nobody@id-a")).await, Ok(None));
             // ...but only the customer, under its own key, is vouched for.
             assert!(signers.vouches(&user("customer@id-a"), customer_node).await);
             assert!(!signers.vouches(&user("customer@id-a"), hosted_node).await);
             assert!(!signers.vouches(&user("hosted@id-a"), hosted_node).await);
             assert!(!signers.vouches(&user("nobody@id-a"), hosted_node).await);
+            // A closed database cannot say who is pinned: an error, never
+            // "nobody", so the node cannot fall back to the DHT's word.
+            drop(store);
+            let closed = signers.resolve(&user("customer@id-a")).await;
+            assert!(
+                matches!(&closed, Err(e) if e.reason.contains("shutting down")),
+                "{closed:?}"
+            );
+            assert!(!signers.vouches(&user("customer@id-a"), customer_node).await);
         });
     }
 
