@@ -321,10 +321,11 @@ impl Session {
                 .await
                 .map_err(|s| hire_error(s.message().to_owned()))?
                 .into_inner();
-            if offer.available_bytes < quota {
+            // An earlier contract of ours counts as ours to take again.
+            if offer.max_contract_bytes < quota {
                 return Err(hire_error(format!(
                     "it offers {} bytes, {quota} were asked for",
-                    offer.available_bytes
+                    offer.max_contract_bytes
                 )));
             }
             let mut hire = tonic::Request::new(HireRequest {

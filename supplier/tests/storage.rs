@@ -443,6 +443,16 @@ async fn an_owner_stores_lists_reads_and_deletes_and_a_restart_keeps_commits() {
         .into_inner();
     assert_eq!(offer.available_bytes, 1 << 30);
     assert_eq!(alice.hire(&mut client, 10 << 20).await.unwrap(), 0);
+    // Her own quota is promised, yet hers to take again: a hire replaces it.
+    let offer = client
+        .offer(OfferRequest { requested_bytes: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offer.available_bytes, (1 << 30) - (10 << 20));
+    assert_eq!(offer.max_contract_bytes, 1 << 30);
+    assert_eq!(alice.hire(&mut client, 1 << 30).await.unwrap(), 0);
+    assert_eq!(alice.hire(&mut client, 10 << 20).await.unwrap(), 0);
 
     let master = alice.location("master");
     let blocks: Vec<Vec<u8>> = vec![(0..300_000u32).map(|i| i as u8).collect(), vec![7; 1000]];

@@ -364,18 +364,26 @@ impl StorageService {
     async fn offer(&self, peer: &PeerInfo, _request: OfferRequest) -> Result<OfferResponse, Error> {
         let caller = peer.node_id;
         let contracts = self.run(|store| store.contracts()).await?;
-        let has_contract = contracts.iter().any(|(node, _)| *node == caller);
+        let own = contracts
+            .iter()
+            .find(|(node, _)| *node == caller)
+            .map(|(_, c)| c.quota_bytes);
         // A supplier with all the customers it takes has nothing to offer a
         // new one.
-        let room = room_for_customer(has_contract, contracts.len(), self.limits.max_customers);
+        let room = room_for_customer(own.is_some(), contracts.len(), self.limits.max_customers);
         let promised: u64 = contracts.iter().map(|(_, c)| c.quota_bytes).sum();
-        let available = match room {
-            Ok(()) => self.limits.capacity.saturating_sub(promised),
-            Err(_) => 0,
+        let (available, max_contract) = match room {
+            // A hire by a customer replaces its contract, so its own quota
+            // is there for it to take again (as `Store::hire_within` counts).
+            Ok(()) => {
+                let available = self.limits.capacity.saturating_sub(promised);
+                (available, available.saturating_add(own.unwrap_or(0)))
+            }
+            Err(_) => (0, 0),
         };
         Ok(OfferResponse {
             available_bytes: available,
-            max_contract_bytes: available,
+            max_contract_bytes: max_contract,
         })
     }
 
