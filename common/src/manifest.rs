@@ -311,6 +311,11 @@ impl SignedManifest {
         })
     }
 
+    /// The encoded body, as signed.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// The wire form.
     pub fn to_proto(&self) -> proto::storage::v1::SignedManifest {
         proto::storage::v1::SignedManifest {

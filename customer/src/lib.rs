@@ -4,6 +4,7 @@
 //! - [`home`]: the home directory: config, identity, keystore, pins, state.
 //! - [`idserver`]: publishing and fetching identity documents.
 //! - [`pipeline`]: the data path: object IDs, block sealing, erasure coding, streaming.
+//! - [`replace`]: replacing a supplier and rebuilding its fragments onto the new one.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -12,6 +13,7 @@ pub mod home;
 pub use net::idserver;
 pub mod pipeline;
 pub mod remote;
+pub mod replace;
 pub mod session;
 pub mod suppliers;
 pub mod transfer;

@@ -166,6 +166,11 @@ impl Session {
         &self.home
     }
 
+    /// The dialer, which presents our master key's certificate.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// The hired suppliers.
     pub fn suppliers(&self) -> Result<&SupplierSet, SessionError> {
         self.suppliers.as_ref().ok_or(SessionError::NoSuppliers)
@@ -217,9 +222,25 @@ impl Session {
 
     /// The storage client of a position, connecting on first use.
     pub async fn client(&self, position: u32) -> Result<StorageClient<Channel>, SessionError> {
-        Ok(StorageClient::new(self.channel(position).await?)
-            .max_decoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES)
-            .max_encoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES))
+        Ok(storage_client(self.channel(position).await?))
+    }
+
+    /// A new connection to `entry`, a supplier that may be outside the set
+    /// (one about to take `entry.position`).
+    pub async fn connect(
+        &self,
+        entry: &SupplierEntry,
+    ) -> Result<StorageClient<Channel>, SessionError> {
+        let connection = self
+            .dialer
+            .connect(&entry.addr, Some(entry.node_id))
+            .await
+            .map_err(|e| SessionError::Unreachable {
+                position: entry.position,
+                addr: entry.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(storage_client(connection.channel))
     }
 
     /// The keys of a location we hold the private key of.
@@ -252,8 +273,30 @@ impl Session {
     /// Registers the public key of one of our own share locations with every
     /// supplier (idempotent). The master location needs none.
     pub async fn register_location(&self, keys: &LocationKeys) -> Result<(), SessionError> {
-        if keys.key_id.is_master() {
+        let Some(registration) = self.key_registration(keys)? else {
             return Ok(());
+        };
+        for position in 0..self.suppliers()?.suppliers.len() as u32 {
+            let client = self.client(position).await?;
+            register_key(
+                client,
+                &registration,
+                position,
+                &self.supplier_addr(position),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The signed registration of one of our own locations' public key, or
+    /// `None` for the master location, which needs none.
+    pub(crate) fn key_registration(
+        &self,
+        keys: &LocationKeys,
+    ) -> Result<Option<Envelope>, SessionError> {
+        if keys.key_id.is_master() {
+            return Ok(None);
         }
         if keys.key_id.owner() != &self.user {
             return Err(SessionError::Key(format!(
@@ -268,20 +311,9 @@ impl Session {
             epoch: keys.epoch,
             issued_unix: common::unix_now(),
         };
-        let envelope = Envelope::seal_message(&self.master, Purpose::KeyRegister, &registration)
-            .map_err(|e| SessionError::Key(e.to_string()))?;
-        for position in 0..self.suppliers()?.suppliers.len() as u32 {
-            let mut client = self.client(position).await?;
-            let mut request = tonic::Request::new(RegisterKeyRequest {
-                registration: Some(envelope.to_proto()),
-            });
-            request.set_timeout(CALL_TIMEOUT);
-            client
-                .register_key(request)
-                .await
-                .map_err(|s| status_error(position, &self.supplier_addr(position), &s))?;
-        }
-        Ok(())
+        Envelope::seal_message(&self.master, Purpose::KeyRegister, &registration)
+            .map(Some)
+            .map_err(|e| SessionError::Key(e.to_string()))
     }
 
     /// Hires the suppliers at `addrs` with `quota` bytes each, in position
@@ -292,6 +324,17 @@ impl Session {
         &self,
         addrs: &[String],
         quota: u64,
+    ) -> Result<Vec<SupplierEntry>, SessionError> {
+        self.hire_except(addrs, quota, &[]).await
+    }
+
+    /// [`Session::hire`], refusing (before any contract is touched) a
+    /// supplier that is one of `taken` already.
+    pub async fn hire_except(
+        &self,
+        addrs: &[String],
+        quota: u64,
+        taken: &[SupplierEntry],
     ) -> Result<Vec<SupplierEntry>, SessionError> {
         // Suppliers confirm our name with our identity server before they
         // take us on, so it must hold our identity first.
@@ -310,6 +353,12 @@ impl Session {
             let node_id = connection.peer.node_id;
             if entries.iter().any(|e: &SupplierEntry| e.node_id == node_id) {
                 return Err(hire_error("the same supplier is listed twice".into()));
+            }
+            if let Some(held) = taken.iter().find(|e| e.node_id == node_id) {
+                return Err(hire_error(format!(
+                    "it is the supplier at position {} already; pick one outside the set",
+                    held.position
+                )));
             }
             let mut client = StorageClient::new(connection.channel);
             let mut offer = tonic::Request::new(OfferRequest {
@@ -429,6 +478,15 @@ impl Session {
         &self,
         count: usize,
     ) -> Result<Vec<(NodeId, String)>, SessionError> {
+        self.find_suppliers_except(count, &[]).await
+    }
+
+    /// [`Session::find_suppliers`], leaving out the suppliers in `except`.
+    pub async fn find_suppliers_except(
+        &self,
+        count: usize,
+        except: &[NodeId],
+    ) -> Result<Vec<(NodeId, String)>, SessionError> {
         let dht = self.dht().await?;
         let mut found: Vec<(NodeId, String)> = Vec::new();
         for _ in 0..8 {
@@ -441,7 +499,9 @@ impl Session {
                 let Some(addr) = contact.endpoints().first() else {
                     continue;
                 };
-                if !found.iter().any(|(id, _)| *id == contact.id()) {
+                if !found.iter().any(|(id, _)| *id == contact.id())
+                    && !except.contains(&contact.id())
+                {
                     found.push((contact.id(), addr.clone()));
                 }
             }
@@ -644,6 +704,32 @@ impl dht::signer::SignerResolver for IdentitySigners {
             }
         })
     }
+}
+
+/// A storage client on `channel` that takes and sends messages as large as
+/// the transport allows.
+fn storage_client(channel: Channel) -> StorageClient<Channel> {
+    StorageClient::new(channel)
+        .max_decoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::codec::TRANSPORT_MESSAGE_BYTES)
+}
+
+/// Sends a signed key registration to one supplier.
+pub(crate) async fn register_key(
+    mut client: StorageClient<Channel>,
+    registration: &Envelope,
+    position: u32,
+    addr: &str,
+) -> Result<(), SessionError> {
+    let mut request = tonic::Request::new(RegisterKeyRequest {
+        registration: Some(registration.to_proto()),
+    });
+    request.set_timeout(CALL_TIMEOUT);
+    client
+        .register_key(request)
+        .await
+        .map_err(|s| status_error(position, addr, &s))?;
+    Ok(())
 }
 
 /// Turns a supplier's status into an error that names its position and,

@@ -20,6 +20,7 @@ use common::id::UserId;
 use common::manifest::{Manifest, ObjectId, SignedManifest};
 use prost::bytes::{Bytes, BytesMut};
 use proto::common::v1::Location;
+use proto::storage::v1::storage_client::StorageClient;
 use proto::storage::v1::{
     CommitManifestRequest, DeleteRequest, FragmentHeader, FragmentRef, GetFragmentRequest,
     InlineFragment, ListManifestsRequest, PutFragmentRequest, get_fragment_response,
@@ -27,6 +28,7 @@ use proto::storage::v1::{
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 use tracing::warn;
 
 use crate::pipeline::{
@@ -74,6 +76,31 @@ pub enum TransferError {
         /// The pipeline's account of the block.
         #[source]
         source: PipelineError,
+    },
+    /// A fragment for a replaced position could not be made.
+    #[error("cannot rebuild {path}: {source}")]
+    RebuildFailed {
+        /// The file and version.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: PipelineError,
+    },
+    /// A version cannot be rebuilt onto a replaced position: too few of the
+    /// other positions answer with it.
+    #[error(
+        "cannot rebuild {path}: only positions {holding:?} answer with it and {needed} are needed; \
+         unreachable supplier positions: {unreachable:?}"
+    )]
+    TooFewToRebuild {
+        /// The file and version.
+        path: String,
+        /// Positions that hold it.
+        holding: Vec<u32>,
+        /// Fragments needed (k).
+        needed: u32,
+        /// Positions that did not answer.
+        unreachable: Vec<u32>,
     },
     /// Some suppliers did not commit.
     #[error(
@@ -198,7 +225,7 @@ pub struct Uploaded {
 /// Reports bytes done.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
-fn location_proto(keys: &LocationKeys) -> Location {
+pub(crate) fn location_proto(keys: &LocationKeys) -> Location {
     Location {
         owner: keys.key_id.owner().to_string(),
         alias: keys.key_id.alias().to_string(),
@@ -221,38 +248,7 @@ impl Session {
             let location = location_proto(keys);
             let addr = self.supplier_addr(position);
             tasks.spawn(async move {
-                let mut client = client?;
-                let mut all = Vec::new();
-                let mut token = Vec::new();
-                loop {
-                    let mut request = tonic::Request::new(ListManifestsRequest {
-                        location: Some(location.clone()),
-                        object_id: object.map(|o| o.0.to_vec()).unwrap_or_default(),
-                        page_token: token.clone(),
-                        page_size: 1000,
-                    });
-                    request.set_timeout(CALL_TIMEOUT);
-                    let page = client
-                        .list_manifests(request)
-                        .await
-                        .map_err(|s| status_error(position, &addr, &s))?
-                        .into_inner();
-                    let empty = page.manifests.is_empty();
-                    all.extend(page.manifests);
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    // Tokens are manifest keys, in order: one that does not
-                    // move forward, or an empty page that promises more,
-                    // would never end.
-                    if empty || page.next_page_token <= token || all.len() > MAX_LISTED {
-                        return Err(SessionError::Refused {
-                            position,
-                            message: "its manifest listing does not end".into(),
-                        });
-                    }
-                    token = page.next_page_token;
-                }
+                let all = list_manifests(client?, location, object, position, &addr).await?;
                 Ok::<_, SessionError>((position, all))
             });
         }
@@ -638,30 +634,10 @@ impl Session {
         let mut syncing: Option<tokio::task::JoinHandle<Result<(), TransferError>>> = None;
         let scheme = version.manifest.scheme;
         let positions = scheme.positions();
-        // Prefer data positions, then parity; skip those known to be down.
-        let mut order: Vec<u32> = version
-            .positions
-            .iter()
-            .copied()
-            .filter(|p| !unreachable.contains(p))
-            .collect();
+        let (clients, down) = self.holders(version, unreachable).await;
+        // Prefer data positions, then parity.
+        let mut order: Vec<u32> = clients.keys().copied().collect();
         order.sort_unstable();
-        let mut clients = HashMap::new();
-        let mut down: Vec<u32> = unreachable.to_vec();
-        for &position in &order {
-            match self.client(position).await {
-                Ok(client) => {
-                    clients.insert(position, client);
-                }
-                Err(_) => down.push(position),
-            }
-        }
-        down.sort_unstable();
-        down.dedup();
-        let order: Vec<u32> = order
-            .into_iter()
-            .filter(|p| clients.contains_key(p))
-            .collect();
         let clients = Arc::new(clients);
         let location = location_proto(keys);
         let blocks = version.manifest.blocks.len() as u64;
@@ -772,6 +748,32 @@ impl Session {
         })?;
         file.sync_all().map_err(io_err(tmp))?;
         Ok(())
+    }
+
+    /// Clients of the positions that hold `version`, leaving out those in
+    /// `unreachable`, and every position known to be down: those and the
+    /// ones that cannot be reached now, in order.
+    pub(crate) async fn holders(
+        &self,
+        version: &Version,
+        unreachable: &[u32],
+    ) -> (HashMap<u32, StorageClient<Channel>>, Vec<u32>) {
+        let mut clients = HashMap::new();
+        let mut down = unreachable.to_vec();
+        for &position in &version.positions {
+            if unreachable.contains(&position) {
+                continue;
+            }
+            match self.client(position).await {
+                Ok(client) => {
+                    clients.insert(position, client);
+                }
+                Err(_) => down.push(position),
+            }
+        }
+        down.sort_unstable();
+        down.dedup();
+        (clients, down)
     }
 
     /// Deletes `path` (every version, or one) on every supplier.
@@ -902,7 +904,48 @@ pub fn catalog(
     Ok(listed)
 }
 
-fn flatten<T>(
+/// Every manifest one supplier holds in `location` (or of one object),
+/// page by page, as received: nothing is checked yet.
+pub(crate) async fn list_manifests(
+    mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
+    location: Location,
+    object: Option<ObjectId>,
+    position: u32,
+    addr: &str,
+) -> Result<Vec<proto::storage::v1::SignedManifest>, SessionError> {
+    let mut all = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let mut request = tonic::Request::new(ListManifestsRequest {
+            location: Some(location.clone()),
+            object_id: object.map(|o| o.0.to_vec()).unwrap_or_default(),
+            page_token: token.clone(),
+            page_size: 1000,
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let page = client
+            .list_manifests(request)
+            .await
+            .map_err(|s| status_error(position, addr, &s))?
+            .into_inner();
+        let empty = page.manifests.is_empty();
+        all.extend(page.manifests);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        // Tokens are manifest keys, in order: one that does not move
+        // forward, or an empty page that promises more, would never end.
+        if empty || page.next_page_token <= token || all.len() > MAX_LISTED {
+            return Err(SessionError::Refused {
+                position,
+                message: "its manifest listing does not end".into(),
+            });
+        }
+        token = page.next_page_token;
+    }
+}
+
+pub(crate) fn flatten<T>(
     joined: Result<Result<T, TransferError>, tokio::task::JoinError>,
 ) -> Result<T, TransferError> {
     joined.map_err(|e| TransferError::Task(e.to_string()))?
@@ -935,32 +978,9 @@ async fn upload_block(
             .copied()
             .unwrap_or_default();
         let hash = block.hash.to_wire();
-        let addrs = addrs.clone();
+        let addr = addrs.get(position).cloned().unwrap_or_default();
         sends.spawn(async move {
-            let mut client = client;
-            let mut messages = Vec::with_capacity(1 + fragment.len() / CHUNK + 1);
-            let size = fragment.len() as u64;
-            messages.push(PutFragmentRequest {
-                part: Some(put_fragment_request::Part::Header(FragmentHeader {
-                    fragment: Some(reference),
-                    size,
-                    digest: digest.to_vec(),
-                    hash,
-                })),
-            });
-            // Chunks are views of the fragment, not copies.
-            messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
-                part: Some(put_fragment_request::Part::Chunk(fragment.slice_ref(chunk))),
-            }));
-            let mut request = tonic::Request::new(tokio_stream::iter(messages));
-            request.set_timeout(CALL_TIMEOUT * 4);
-            client.put_fragment(request).await.map_err(|s| {
-                status_error(
-                    position as u32,
-                    addrs.get(position).map_or("", String::as_str),
-                    &s,
-                )
-            })
+            put_fragment(client, &addr, reference, fragment, digest.to_vec(), hash).await
         });
     }
     while let Some(done) = sends.join_next().await {
@@ -969,9 +989,41 @@ async fn upload_block(
     Ok(plaintext)
 }
 
+/// Stages one fragment on a supplier: a header, then the fragment in
+/// chunks that are views of it, not copies.
+pub(crate) async fn put_fragment(
+    mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
+    addr: &str,
+    reference: FragmentRef,
+    fragment: Bytes,
+    digest: Vec<u8>,
+    hash: i32,
+) -> Result<(), SessionError> {
+    let position = reference.position;
+    let mut messages = Vec::with_capacity(1 + fragment.len() / CHUNK + 1);
+    messages.push(PutFragmentRequest {
+        part: Some(put_fragment_request::Part::Header(FragmentHeader {
+            fragment: Some(reference),
+            size: fragment.len() as u64,
+            digest,
+            hash,
+        })),
+    });
+    messages.extend(fragment.chunks(CHUNK).map(|chunk| PutFragmentRequest {
+        part: Some(put_fragment_request::Part::Chunk(fragment.slice_ref(chunk))),
+    }));
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    request.set_timeout(CALL_TIMEOUT * 4);
+    client
+        .put_fragment(request)
+        .await
+        .map_err(|s| status_error(position, addr, &s))?;
+    Ok(())
+}
+
 /// Fetches fragments of one block until `need` arrived, trying positions in
 /// `order`. Returns one slot per position.
-async fn fetch_block(
+pub(crate) async fn fetch_block(
     clients: &HashMap<
         u32,
         proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
@@ -1028,7 +1080,20 @@ async fn fetch_block(
     slots
 }
 
-async fn fetch_fragment(
+/// Fetches one fragment, or `None` if the supplier refuses, fails, or
+/// takes longer than a fragment may (a stream that stalls after its first
+/// message would otherwise hold the block forever).
+pub(crate) async fn fetch_fragment(
+    client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
+    reference: FragmentRef,
+) -> Option<Bytes> {
+    tokio::time::timeout(CALL_TIMEOUT * 4, fetch_fragment_now(client, reference))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn fetch_fragment_now(
     mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
     reference: FragmentRef,
 ) -> Option<Bytes> {

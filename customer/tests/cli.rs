@@ -655,3 +655,64 @@ async fn put_get_ls_rm_from_the_command_line() {
     let err = fails(&silt(&home, &["rm", "docs/report.bin"]));
     assert!(err.contains("no file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_is_replaced_from_the_command_line() {
+    let mut first = IdServer::start().await;
+    let second = IdServer::start().await;
+    let spare = IdServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("alice");
+    init(&home, "alice", &first.addr());
+    let err = fails(&silt(&home, &["suppliers", "replace", "0"]));
+    assert!(err.contains("no suppliers are hired"), "{err}");
+    ok(&silt(
+        &home,
+        &[
+            "suppliers",
+            "hire",
+            "--supplier",
+            &first.addr(),
+            "--supplier",
+            &second.addr(),
+        ],
+    ));
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i % 241) as u8).collect();
+    let file = dir.path().join("notes.bin");
+    fs::write(&file, &data).unwrap();
+    ok(&silt(&home, &["put", file.to_str().unwrap(), "notes.bin"]));
+
+    let err = fails(&silt(
+        &home,
+        &["suppliers", "replace", "7", "--supplier", &spare.addr()],
+    ));
+    assert!(err.contains("there is no position 7"), "{err}");
+    let err = fails(&silt(
+        &home,
+        &["suppliers", "replace", "1", "--supplier", &first.addr()],
+    ));
+    assert!(err.contains("position 0 already"), "{err}");
+
+    let replaced = json(&silt(
+        &home,
+        &[
+            "--json",
+            "suppliers",
+            "replace",
+            "1",
+            "--supplier",
+            &spare.addr(),
+        ],
+    ));
+    assert_eq!(replaced["versions_rebuilt"], 1, "{replaced}");
+    assert_eq!(replaced["released"], true, "{replaced}");
+    assert_eq!(replaced["new"]["addr"], spare.addr());
+    let listed = json(&silt(&home, &["--json", "suppliers", "list"]));
+    assert_eq!(listed["suppliers"][1]["addr"], spare.addr());
+
+    // The first supplier goes away: the rebuilt copy alone serves the file.
+    first.node.shutdown().await;
+    let out = dir.path().join("back.bin");
+    ok(&silt(&home, &["get", "notes.bin", out.to_str().unwrap()]));
+    assert_eq!(fs::read(&out).unwrap(), data);
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use common::manifest::ObjectId;
 use customer::home::{Home, InitOptions};
 use customer::pipeline::NormalPath;
+use customer::replace::Unreadable;
 use customer::session::{LocationKeys, Session};
 use customer::suppliers::SupplierSet;
 use customer::transfer::{Progress, TransferError, catalog, newest, next_versions};
@@ -650,4 +651,305 @@ async fn a_download_keeps_the_mode_of_the_file_it_replaces() {
         .unwrap();
     assert_eq!(std::fs::read(&existing).unwrap(), b"private");
     assert_eq!(mode(&existing), 0o640);
+}
+
+impl Net {
+    /// Starts one more supplier, not hired; returns its index.
+    async fn spare(&mut self) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        supplier::init_data_dir(dir.path(), 2048).unwrap();
+        let node = Supplier::spawn(Config::for_tests(dir.path()))
+            .await
+            .unwrap();
+        self.addrs.push(node.local_addr());
+        self.suppliers.push(Some(node));
+        self.dirs.push(dir);
+        self.suppliers.len() - 1
+    }
+
+    fn saved_set(&self) -> SupplierSet {
+        SupplierSet::load(self.session.home().dir())
+            .unwrap()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
+    let mut net = Net::start(4, "2+2", SMALL_BLOCK).await;
+    let mut files = Vec::new();
+    for (name, len) in [
+        ("empty", 0),
+        ("note.txt", 1000),
+        ("multi/block.bin", 3 * SMALL_BLOCK + 77),
+    ] {
+        let data = random(len);
+        net.put(name, &data).await;
+        files.push((name, 1, data));
+    }
+    let second = random(SMALL_BLOCK + 1);
+    assert_eq!(net.put("note.txt", &second).await, 2);
+    files.push(("note.txt", 2, second));
+    // A location of our own besides `master`.
+    let key_id: common::id::KeyId = format!("photos${}", net.session.user()).parse().unwrap();
+    net.session
+        .home()
+        .keystore()
+        .unwrap()
+        .add_private(
+            common::keystore::NewKey {
+                key_id: key_id.clone(),
+                label: String::new(),
+                epoch: 0,
+                origin: common::keystore::Origin::Created,
+            },
+            &common::crypto::PrivateKey::generate(2048).unwrap(),
+            None,
+        )
+        .unwrap();
+    let photos = net.session.location_keys(&key_id).unwrap();
+    net.session.register_location(&photos).await.unwrap();
+    let picture = random(2 * SMALL_BLOCK);
+    let local = net.file("picture", &picture);
+    let name = NormalPath::new("cat.jpg").unwrap();
+    net.session
+        .upload(&photos, &local, &name, 1, no_progress())
+        .await
+        .unwrap();
+    let before = net.saved_set();
+    let spare = net.spare().await;
+    let spare_addr = net.addrs[spare].to_string();
+
+    // Bad inputs change nothing.
+    let err = net
+        .session
+        .replace_supplier(4, &spare_addr, 1 << 30, Unreadable::Stop, no_progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no position 4"), "{err}");
+    let err = net
+        .session
+        .replace_supplier(
+            1,
+            &net.addrs[2].to_string(),
+            1 << 30,
+            Unreadable::Stop,
+            no_progress(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("position 2 already"), "{err}");
+    assert_eq!(net.saved_set(), before);
+
+    // Position 1 is lost, and so are 2 and 3 for now: with one position
+    // left of four (2+2), nothing can be rebuilt, and the error says so.
+    for position in [1, 2, 3] {
+        net.stop(position).await;
+    }
+    let err = net
+        .session
+        .replace_supplier(1, &spare_addr, 1 << 30, Unreadable::Stop, no_progress())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, TransferError::TooFewToRebuild { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("unreachable supplier positions: [1, 2, 3]"),
+        "{text}"
+    );
+    assert_eq!(net.saved_set(), before);
+
+    // With 2 and 3 back, position 1 is rebuilt onto the spare.
+    net.restart(2).await;
+    net.restart(3).await;
+    let stored = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = stored.clone();
+    let done = net
+        .session
+        .replace_supplier(
+            1,
+            &spare_addr,
+            1 << 30,
+            Unreadable::Stop,
+            Arc::new(move |n| {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.locations, 2);
+    assert_eq!(done.rebuilt.versions, 5, "{done:?}");
+    assert!(done.rebuilt.skipped.is_empty(), "{done:?}");
+    assert!(!done.released, "the old supplier is down");
+    assert_eq!(
+        stored.load(std::sync::atomic::Ordering::Relaxed),
+        done.rebuilt.bytes
+    );
+    let after = net.saved_set();
+    assert_eq!(after.suppliers[1].addr, spare_addr);
+    assert_eq!(after.suppliers[1].position, 1);
+    assert_eq!(
+        after.suppliers[1].node_id,
+        net.suppliers[spare].as_ref().unwrap().node_id()
+    );
+    for position in [0, 2, 3] {
+        assert_eq!(after.suppliers[position], before.suppliers[position]);
+    }
+
+    // A second run finds everything in place.
+    let again = net
+        .session
+        .rebuild_position(
+            &net.keys,
+            &after.suppliers[1],
+            Unreadable::Stop,
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.versions, again.already), (0, 4), "{again:?}");
+
+    // Only the new position 1 and position 3 are left: every version of
+    // every file still comes back whole.
+    net.stop(0).await;
+    net.stop(2).await;
+    for (name, version, data) in &files {
+        assert_eq!(
+            &net.get(name, Some(*version)).await.unwrap(),
+            data,
+            "{name}#{version}"
+        );
+    }
+    let object = photos.secrets.object_id(&name);
+    let (versions, _) = net.session.versions(&photos, Some(object)).await.unwrap();
+    let dest = net.work.path().join("cat-back.jpg");
+    net.session
+        .download(
+            &photos,
+            newest(versions.values()).unwrap(),
+            &dest,
+            &[0, 2],
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dest).unwrap(), picture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_that_still_answers_is_copied_from_then_released() {
+    // Without parity (1+0) the old supplier is the only source there is.
+    for (n, scheme) in [(1, "1+0"), (2, "1+1")] {
+        let mut net = Net::start(n, scheme, SMALL_BLOCK).await;
+        let data = random(2 * SMALL_BLOCK + 3);
+        net.put("doc", &data).await;
+        let spare = net.spare().await;
+        let old = net.session.suppliers().unwrap().suppliers[0].clone();
+        let done = net
+            .session
+            .replace_supplier(
+                0,
+                &net.addrs[spare].to_string(),
+                1 << 30,
+                Unreadable::Stop,
+                no_progress(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.rebuilt.versions, 1, "{scheme}: {done:?}");
+        assert!(done.released, "{scheme}");
+        assert_ne!(net.saved_set().suppliers[0], old);
+        // The old supplier no longer has us as a customer.
+        let store_dir = supplier::db_dir(net.dirs[0].path());
+        net.stop(0).await;
+        let store = Store::open(&store_dir).unwrap();
+        let owner = net.session.master().public_key().node_id();
+        assert!(store.contract(&owner).unwrap().is_none(), "{scheme}");
+        drop(store);
+        // The new copy serves the file.
+        assert_eq!(net.get("doc", None).await.unwrap(), data, "{scheme}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_too_few_answer_with_are_left_out_only_when_asked() {
+    let mut net = Net::start(4, "2+2", SMALL_BLOCK).await;
+    let data = random(SMALL_BLOCK + 9);
+    net.put("kept", &data).await;
+    // A version committed on position 0 only, the others being down.
+    for position in [1, 2, 3] {
+        net.stop(position).await;
+    }
+    assert!(net.try_put("partial", b"half done", 1).await.is_err());
+    for position in [1, 2, 3] {
+        net.restart(position).await;
+    }
+    net.session = Session::open(
+        net.session.home().clone(),
+        net.session.home().master_key(None).unwrap(),
+    )
+    .unwrap();
+    net.session.set_block_size(SMALL_BLOCK);
+
+    // Every supplier answers, so the partial version can never be read: it
+    // is left out, and the old supplier (copied from) is kept, not released.
+    let first = net.spare().await;
+    let done = net
+        .session
+        .replace_supplier(
+            3,
+            &net.addrs[first].to_string(),
+            1 << 30,
+            Unreadable::Stop,
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.rebuilt.versions, 1, "{done:?}");
+    assert_eq!(done.rebuilt.skipped.len(), 1, "{done:?}");
+    assert!(
+        done.rebuilt.skipped[0].contains("committed on 1 suppliers"),
+        "{done:?}"
+    );
+    assert!(!done.released);
+
+    // With 1 and 2 down, the partial version might be readable once they
+    // are back: replacing 1 stops, unless asked to leave such versions out.
+    net.stop(1).await;
+    net.stop(2).await;
+    let before = net.saved_set();
+    let second = net.spare().await;
+    let second_addr = net.addrs[second].to_string();
+    let err = net
+        .session
+        .replace_supplier(1, &second_addr, 1 << 30, Unreadable::Stop, no_progress())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cannot rebuild partial#1"), "{text}");
+    assert!(
+        text.contains("unreachable supplier positions: [1, 2]"),
+        "{text}"
+    );
+    assert_eq!(net.saved_set(), before);
+    let done = net
+        .session
+        .replace_supplier(1, &second_addr, 1 << 30, Unreadable::Skip, no_progress())
+        .await
+        .unwrap();
+    // "kept" may have gone over before the stop.
+    assert_eq!(done.rebuilt.versions + done.rebuilt.already, 1, "{done:?}");
+    assert_eq!(done.rebuilt.skipped.len(), 1, "{done:?}");
+    assert!(
+        done.rebuilt.skipped[0].contains("only positions [0]"),
+        "{done:?}"
+    );
+    assert!(!done.released);
+    assert_eq!(net.saved_set().suppliers[1].addr, second_addr);
+    // "kept" reads from the new positions 1 and 3 alone.
+    net.stop(0).await;
+    assert_eq!(net.get("kept", None).await.unwrap(), data);
 }

@@ -1,13 +1,18 @@
 //! `silt suppliers`: hire suppliers and see how they are.
 
+use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use clap::Subcommand;
 use customer::pipeline::{default_scheme, parse_scheme};
+use customer::replace::Unreadable;
 use customer::session::{CALL_TIMEOUT, Session};
 use customer::suppliers::SupplierSet;
+use customer::transfer::Progress;
+use indicatif::{ProgressBar, ProgressStyle};
 use proto::storage::v1::OfferRequest;
 use serde_json::json;
 
@@ -32,6 +37,23 @@ pub(crate) enum SuppliersCommand {
     },
     /// List the hired suppliers and whether they answer.
     List,
+    /// Replace the supplier at a position: hire another and rebuild onto it,
+    /// from the other positions, every file version the position held.
+    Replace {
+        /// The position to replace (see `silt suppliers list`).
+        position: u32,
+        /// The new supplier's HOST:PORT; without it, one outside the set is
+        /// found through the DHT.
+        #[arg(long)]
+        supplier: Option<String>,
+        /// Storage to ask the new supplier for.
+        #[arg(long, default_value = "1 GiB")]
+        quota: ByteSize,
+        /// Leave out versions that too few suppliers answer with now,
+        /// instead of stopping (the old supplier is then kept).
+        #[arg(long)]
+        skip_unreadable: bool,
+    },
 }
 
 pub(crate) async fn run(ctx: &Ctx, command: SuppliersCommand) -> Result<()> {
@@ -43,7 +65,121 @@ pub(crate) async fn run(ctx: &Ctx, command: SuppliersCommand) -> Result<()> {
             quota,
         } => hire(ctx, suppliers, count, ecc, quota).await,
         SuppliersCommand::List => list(ctx).await,
+        SuppliersCommand::Replace {
+            position,
+            supplier,
+            quota,
+            skip_unreadable,
+        } => {
+            let unreadable = if skip_unreadable {
+                Unreadable::Skip
+            } else {
+                Unreadable::Stop
+            };
+            replace(ctx, position, supplier, quota, unreadable).await
+        }
     }
+}
+
+async fn replace(
+    ctx: &Ctx,
+    position: u32,
+    supplier: Option<String>,
+    quota: ByteSize,
+    unreadable: Unreadable,
+) -> Result<()> {
+    let mut session = super::session(ctx)?;
+    let set = session.suppliers()?.clone();
+    if position as usize >= set.suppliers.len() {
+        bail!(
+            "there is no position {position}: the suppliers are at 0 to {}",
+            set.suppliers.len().saturating_sub(1)
+        );
+    }
+    let addr = match supplier {
+        Some(addr) => addr,
+        None => {
+            let current: Vec<_> = set.suppliers.iter().map(|e| e.node_id).collect();
+            let found = session.find_suppliers_except(1, &current).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "no supplier outside the set was found through the DHT ({e}); name one with --supplier HOST:PORT"
+                )
+            })?;
+            match found.into_iter().next() {
+                Some((_, addr)) => addr,
+                None => bail!("no supplier outside the set was found through the DHT"),
+            }
+        }
+    };
+    let (report, bar) = rebuild_progress(ctx);
+    let result = session
+        .replace_supplier(position, &addr, quota.as_u64(), unreadable, report)
+        .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let done = result?;
+    if let Err(e) = &done.published {
+        ctx.out.warn(format_args!(
+            "could not publish the supplier list in the DHT: {e}"
+        ));
+    }
+    for skipped in &done.rebuilt.skipped {
+        ctx.out.warn(format_args!("left out: {skipped}"));
+    }
+    let human = format!(
+        "position {position}: {} ({}) replaced by {} ({})\n\
+         stored {} versions ({}) in {} locations; {} were there already, {} removed since\n\
+         old supplier {}",
+        done.old.addr,
+        done.old.node_id.fmt_short(),
+        done.new.addr,
+        done.new.node_id.fmt_short(),
+        done.rebuilt.versions,
+        ByteSize::b(done.rebuilt.bytes),
+        done.locations,
+        done.rebuilt.already,
+        done.rebuilt.removed,
+        if done.released {
+            "released"
+        } else if done.rebuilt.skipped.is_empty() {
+            "did not answer, not released"
+        } else {
+            "kept, since versions were left out"
+        },
+    );
+    ctx.out.print(
+        &human,
+        json!({
+            "position": position,
+            "old": done.old,
+            "new": done.new,
+            "locations": done.locations,
+            "versions_rebuilt": done.rebuilt.versions,
+            "versions_present": done.rebuilt.already,
+            "versions_removed": done.rebuilt.removed,
+            "bytes_rebuilt": done.rebuilt.bytes,
+            "skipped": done.rebuilt.skipped,
+            "released": done.released,
+            "published_to": done.published.ok(),
+        }),
+    );
+    Ok(())
+}
+
+/// A byte counter on a terminal, nothing otherwise.
+fn rebuild_progress(ctx: &Ctx) -> (Progress, Option<ProgressBar>) {
+    if ctx.out.is_quiet() || !std::io::stderr().is_terminal() {
+        return (Arc::new(|_| {}), None);
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("rebuilding {spinner} {bytes} {bytes_per_sec}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let handle = bar.clone();
+    (Arc::new(move |n| handle.inc(n)), Some(bar))
 }
 
 async fn hire(

@@ -265,6 +265,79 @@ impl ErasureCoder {
         Ok(sealed)
     }
 
+    /// The fragment of `position` in block `index`, as a replaced supplier
+    /// needs it: the one in `fragments` at that position if it matches the
+    /// manifest, else rebuilt from the other positions' and checked against
+    /// the manifest's digest.
+    ///
+    /// Needs neither the file key nor the block's length: the `k` data
+    /// fragments, padding included, are decoded and coded again, and the
+    /// padding is zeros whatever the length was.
+    pub fn rebuild<T: AsRef<[u8]>>(
+        &mut self,
+        index: u64,
+        expected: &BlockFragments,
+        fragments: &[Option<T>],
+        position: u32,
+    ) -> Result<Bytes, PipelineError> {
+        let slot = position as usize;
+        let wanted = expected
+            .digests
+            .get(slot)
+            .ok_or(PipelineError::Inconsistent(
+                "the position to rebuild is outside the scheme",
+            ))?;
+        let size = usize::try_from(expected.fragment_size)
+            .ok()
+            .filter(|&size| size <= super::MAX_BLOCK_SIZE + (1 << 10))
+            .ok_or(PipelineError::Inconsistent(
+                "a fragment size is out of range",
+            ))?;
+        if let Some(Some(own)) = fragments.get(slot) {
+            let own = own.as_ref();
+            if own.len() == size && self.hash.digest(own) == *wanted {
+                return Ok(Bytes::copy_from_slice(own));
+            }
+        }
+        let others: Vec<Option<&[u8]>> = fragments
+            .iter()
+            .enumerate()
+            .map(|(p, fragment)| fragment.as_ref().map(AsRef::as_ref).filter(|_| p != slot))
+            .collect();
+        let padded = size.saturating_mul(self.scheme.data as usize);
+        let block = match self.decode(index, expected, padded, &others) {
+            Ok(block) => block,
+            // The position being rebuilt is not one of the missing.
+            Err(PipelineError::MissingFragments {
+                block,
+                needed,
+                usable,
+                mut missing,
+                corrupt,
+            }) => {
+                missing.retain(|&p| p != position);
+                return Err(PipelineError::MissingFragments {
+                    block,
+                    needed,
+                    usable,
+                    missing,
+                    corrupt,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let encoded = self.encode_owned(index, block)?;
+        match (
+            encoded.fragments.get(slot),
+            encoded.hashes.digests.get(slot),
+        ) {
+            (Some(fragment), Some(digest)) if digest == wanted => Ok(fragment.clone()),
+            _ => Err(PipelineError::Inconsistent(
+                "the rebuilt fragment does not match the manifest's digest",
+            )),
+        }
+    }
+
     /// `(k, m)` as sizes. The scheme was checked, so both are at most 64.
     fn counts(&self) -> (usize, usize) {
         (self.scheme.data as usize, self.scheme.parity as usize)
@@ -326,6 +399,79 @@ mod tests {
                     (size - 2) * (k as usize) < len.max(1),
                     "{len} {k}: {size} is not minimal"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_position_is_rebuilt_from_any_k_others() {
+        for (data, parity) in SCHEMES {
+            let scheme = Scheme { data, parity };
+            let positions = scheme.positions();
+            let mut coder = ErasureCoder::new(scheme).unwrap();
+            for len in [0, 17, 4097] {
+                let block = coder.encode(3, &random(len)).unwrap();
+                for position in 0..positions {
+                    for mask in 0..1u64 << positions {
+                        // The position itself is always gone.
+                        let mask = mask | 1 << position;
+                        let lost = mask.count_ones();
+                        let result =
+                            coder.rebuild(3, &block.hashes, &without(&block, mask), position);
+                        if lost <= parity {
+                            assert_eq!(
+                                result.unwrap(),
+                                block.fragments[position as usize],
+                                "{scheme} len {len} position {position} mask {mask:b}"
+                            );
+                        } else {
+                            assert!(
+                                matches!(result, Err(PipelineError::MissingFragments { .. })),
+                                "{scheme} len {len} position {position} mask {mask:b}"
+                            );
+                        }
+                    }
+                }
+                // The position's own fragment, when good, is taken as is,
+                // even with every other position gone...
+                let all = (1u64 << positions) - 1;
+                let mut own_only = without(&block, all);
+                own_only[0] = Some(&block.fragments[0][..]);
+                assert_eq!(
+                    coder.rebuild(3, &block.hashes, &own_only, 0).unwrap(),
+                    block.fragments[0]
+                );
+                // ...and a bad one counts for nothing: rebuilt when the
+                // others suffice, and never named among the missing.
+                let mut junk = without(&block, 0);
+                junk[0] = Some(&b"junk"[..]);
+                if parity > 0 {
+                    assert_eq!(
+                        coder.rebuild(3, &block.hashes, &junk, 0).unwrap(),
+                        block.fragments[0]
+                    );
+                }
+                let mut junk_alone = without(&block, all);
+                junk_alone[0] = Some(&b"junk"[..]);
+                match coder.rebuild(3, &block.hashes, &junk_alone, 0) {
+                    Err(PipelineError::MissingFragments { missing, .. }) => {
+                        assert_eq!(missing, (1..positions).collect::<Vec<_>>(), "{scheme}");
+                    }
+                    other => panic!("{scheme}: a junk fragment alone gave {other:?}"),
+                }
+                // A manifest whose digest for the position is wrong is caught.
+                let mut wrong = block.hashes.clone();
+                wrong.digests[0] = [7; 32];
+                if parity > 0 {
+                    assert!(matches!(
+                        coder.rebuild(3, &wrong, &without(&block, 1), 0),
+                        Err(PipelineError::Inconsistent(_))
+                    ));
+                }
+                assert!(matches!(
+                    coder.rebuild(3, &block.hashes, &without(&block, 0), positions),
+                    Err(PipelineError::Inconsistent(_))
+                ));
             }
         }
     }
