@@ -28,10 +28,10 @@ use crate::pipeline::{Decoder, ErasureCoder, PipelineError};
 use crate::session::{
     CALL_TIMEOUT, LocationKeys, Session, SessionError, register_key, status_error,
 };
-use crate::suppliers::SupplierEntry;
+use crate::suppliers::{SupplierEntry, SupplierSet};
 use crate::transfer::{
-    Progress, TransferError, Version, fetch_block, fetch_fragment, flatten, list_manifests,
-    location_proto, put_fragment,
+    Progress, TransferError, Version, fetch_block, fetch_fragment, flatten, fragment_digest,
+    list_manifests, location_proto, put_fragment,
 };
 
 /// Blocks rebuilt at once.
@@ -76,28 +76,47 @@ pub struct Replaced {
     pub locations: usize,
     /// All locations together.
     pub rebuilt: Rebuilt,
-    /// Whether the old supplier was released: it answered, and nothing was
-    /// left out.
+    /// Whether the old supplier was released: asked for, it answered, and
+    /// nothing was left out.
     pub released: bool,
     /// DHT nodes that took the new supplier list, or why none did.
     pub published: Result<usize, String>,
 }
 
 /// How a replace treats versions that too few positions answer with now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Unreadable {
     /// Stop with an error naming the version and the positions (default):
     /// the missing suppliers may come back.
+    #[default]
     Stop,
-    /// Leave them out with a warning, and keep the old supplier.
+    /// Leave them out with a warning; the position's fragments of those
+    /// versions are then lost, unless the old supplier comes back and the
+    /// replace is run again onto the new one.
     Skip,
+}
+
+/// How a replace goes about it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Versions too few positions answer with now.
+    pub unreadable: Unreadable,
+    /// Release the old supplier at the end (which deletes everything it
+    /// holds for us, in every location, including any whose key is not in
+    /// this home), if it answers and nothing was left out. Off by default:
+    /// the old supplier keeps its copy and our contract.
+    pub release_old: bool,
 }
 
 impl Session {
     /// Hires the supplier at `addr` (with `quota` bytes) in place of the one
     /// at `position`, stores on it every version of each of our own
-    /// locations, then saves the new supplier set, publishes it, and
-    /// releases the old supplier if it answers and nothing was left out.
+    /// locations, then saves the new supplier set and publishes it, and
+    /// releases the old supplier if asked to.
+    ///
+    /// `addr` may be the supplier at `position` itself: what it lacks is
+    /// then stored on it, and the set stays as it is (a repair, for
+    /// versions an earlier replace left out).
     ///
     /// If anything fails, the saved set and the session are unchanged; the
     /// new supplier keeps what it got, and running the replace again
@@ -107,7 +126,7 @@ impl Session {
         position: u32,
         addr: &str,
         quota: u64,
-        unreadable: Unreadable,
+        options: Options,
         progress: Progress,
     ) -> Result<Replaced, TransferError> {
         let set = self.suppliers()?.clone();
@@ -121,14 +140,43 @@ impl Session {
                     set.suppliers.len().saturating_sub(1)
                 ))
             })?;
+        let others: Vec<SupplierEntry> = set
+            .suppliers
+            .iter()
+            .filter(|e| e.position != position)
+            .cloned()
+            .collect();
         let mut new = self
-            .hire_except(&[addr.to_owned()], quota, &set.suppliers)
+            .hire_except(&[addr.to_owned()], quota, &others)
             .await?
             .pop()
             .ok_or_else(|| TransferError::Task("the hire returned no supplier".into()))?;
         new.position = position;
-        let (locations, rebuilt) = self.rebuild_locations(&new, unreadable, progress).await?;
+        let repair = new.node_id == old.node_id;
+        let (locations, rebuilt) = self
+            .rebuild_locations(&new, options.unreadable, progress)
+            .await?;
+        if repair {
+            return Ok(Replaced {
+                position,
+                old,
+                new,
+                locations,
+                rebuilt,
+                released: false,
+                published: Ok(0),
+            });
+        }
 
+        // Another command may have changed the set meanwhile: saving ours
+        // over it would lose that change.
+        let current = SupplierSet::load(self.home().dir()).map_err(SessionError::SupplierList)?;
+        if current.as_ref() != Some(&set) {
+            return Err(SessionError::Key(
+                "the supplier set changed while the replace ran; run it again".into(),
+            )
+            .into());
+        }
         let mut replaced = set;
         replaced.suppliers[position as usize] = new.clone();
         replaced
@@ -137,7 +185,9 @@ impl Session {
         self.set_suppliers(replaced);
         info!(position, old = %old.addr, new = %new.addr, "supplier replaced");
         let published = self.publish_suppliers().await.map_err(|e| e.to_string());
-        let released = if rebuilt.skipped.is_empty() {
+        let released = if !options.release_old {
+            false
+        } else if rebuilt.skipped.is_empty() {
             self.release(&old).await
         } else {
             warn!(addr = %old.addr, "the replaced supplier is kept: some versions were left out");
@@ -233,6 +283,25 @@ impl Session {
             position,
         };
         let mut done = Rebuilt::default();
+        // Versions removed meanwhile (a replace cut off, then `silt rm`)
+        // would linger on the new supplier alone; with every supplier
+        // answering, what none of them lists is gone for good. Done first,
+        // so that no such leftover stands in the way of a commit.
+        if unreachable.is_empty() {
+            for wire in held.iter().filter(|m| !listed.contains(&m.body)) {
+                let Ok(manifest) = SignedManifest::from_proto(wire.clone())
+                    .and_then(|signed| signed.verify_location(&keys.public))
+                else {
+                    continue;
+                };
+                // Only ours: another writer's may just have failed a check
+                // here for a passing reason.
+                if manifest.writer == *self.user() {
+                    target.delete(&location, &manifest).await?;
+                    done.removed += 1;
+                }
+            }
+        }
         for version in versions.values() {
             let name = || {
                 format!(
@@ -242,59 +311,66 @@ impl Session {
             };
             let holders = version.positions.len();
             let needed = version.manifest.scheme.data as usize;
-            if held_bodies.contains(version.signed.body()) {
+            // The old supplier still answers with it: a copy needs no `k`.
+            let old_has = version.positions.contains(&position) && !unreachable.contains(&position);
+            let body_held = held_bodies.contains(version.signed.body());
+            // A supplier keeps one manifest per version whatever the
+            // position, so the position's own fragment is what counts.
+            if body_held && target.holds(&location, &version.manifest).await {
                 done.already += 1;
-            } else if version.manifest.writer != *self.user() {
+                continue;
+            }
+            if version.manifest.writer != *self.user() {
                 // Suppliers take a manifest only from its writer.
                 done.skipped.push(format!(
                     "{}: written by {}, who must commit it again",
                     name(),
                     version.manifest.writer
                 ));
-            } else if holders + unreachable.len() < needed {
+                continue;
+            }
+            if !old_has && holders + unreachable.len() < needed {
                 // Even with every supplier back, too few would hold it: a
                 // commit that failed part way, which no one can read.
                 done.skipped.push(format!(
                     "{}: committed on {holders} suppliers, {needed} are needed to read it",
                     name()
                 ));
-            } else if holders < needed && unreadable == Unreadable::Skip {
-                done.skipped.push(format!(
-                    "{}: only positions {:?} answer with it, {needed} are needed; unreachable: {unreachable:?}",
-                    name(),
-                    version.positions
-                ));
-            } else if holders < needed {
+                continue;
+            }
+            if !old_has && holders < needed {
+                if unreadable == Unreadable::Skip {
+                    done.skipped.push(format!(
+                        "{}: only positions {:?} answer with it, {needed} are needed; unreachable: {unreachable:?}",
+                        name(),
+                        version.positions
+                    ));
+                    continue;
+                }
                 return Err(TransferError::TooFewToRebuild {
                     path: self.path_of(keys, version).await,
                     holding: version.positions.clone(),
                     needed: version.manifest.scheme.data,
                     unreachable,
                 });
-            } else {
-                done.bytes += self
-                    .rebuild_version(keys, version, &target, &unreachable, &progress)
-                    .await?;
-                done.versions += 1;
             }
-        }
-        // Versions removed meanwhile (a replace cut off, then `silt rm`)
-        // would linger on the new supplier alone; with every supplier
-        // answering, what none of them lists is gone for good.
-        if unreachable.is_empty() {
-            for wire in held.into_iter().filter(|m| !listed.contains(&m.body)) {
-                let Ok(manifest) = SignedManifest::from_proto(wire)
-                    .map_err(|e| e.to_string())
-                    .and_then(|signed| {
-                        signed
-                            .verify_location(&keys.public)
-                            .map_err(|e| e.to_string())
-                    })
-                else {
-                    continue;
-                };
-                target.delete(&location, &manifest).await?;
-                done.removed += 1;
+            if body_held {
+                // Held for another position (an earlier stint of the new
+                // supplier's): it must go before this position's commit.
+                target.delete(&location, &version.manifest).await?;
+            }
+            match self
+                .rebuild_version(keys, version, &target, &unreachable, &progress)
+                .await
+            {
+                Ok(bytes) => {
+                    done.bytes += bytes;
+                    done.versions += 1;
+                }
+                Err(e @ TransferError::RebuildFailed { .. }) if unreadable == Unreadable::Skip => {
+                    done.skipped.push(e.to_string());
+                }
+                Err(e) => return Err(e),
             }
         }
         for skipped in &done.skipped {
@@ -381,17 +457,15 @@ impl Session {
         }
         if let Some(e) = failure {
             return Err(match e {
-                TransferError::Pipeline(source @ PipelineError::MissingFragments { .. }) => {
-                    TransferError::Unavailable {
+                TransferError::Pipeline(source) => {
+                    if !down.is_empty() {
+                        warn!(unreachable = ?down, "positions that could not help the rebuild");
+                    }
+                    TransferError::RebuildFailed {
                         path: self.path_of(keys, version).await,
-                        unreachable: down,
                         source,
                     }
                 }
-                TransferError::Pipeline(source) => TransferError::RebuildFailed {
-                    path: self.path_of(keys, version).await,
-                    source,
-                },
                 other => other,
             });
         }
@@ -459,7 +533,32 @@ struct Target {
 }
 
 impl Target {
-    /// Deletes one version from it.
+    /// Whether it holds this position's first fragment of `manifest`, as
+    /// the manifest lists it.
+    async fn holds(
+        &self,
+        location: &proto::common::v1::Location,
+        manifest: &common::manifest::Manifest,
+    ) -> bool {
+        let Some(first) = manifest.blocks.first() else {
+            return true;
+        };
+        let Some(expected) = first.digests.get(self.position as usize) else {
+            return false;
+        };
+        let reference = FragmentRef {
+            location: Some(location.clone()),
+            object_id: manifest.object_id.0.to_vec(),
+            version: manifest.version,
+            block: 0,
+            position: self.position,
+        };
+        fragment_digest(self.client.clone(), reference)
+            .await
+            .is_some_and(|digest| digest == expected)
+    }
+
+    /// Deletes one version from it; one it does not hold is no error.
     async fn delete(
         &self,
         location: &proto::common::v1::Location,
@@ -471,12 +570,11 @@ impl Target {
             version: manifest.version,
         });
         request.set_timeout(CALL_TIMEOUT);
-        self.client
-            .clone()
-            .delete(request)
-            .await
-            .map_err(|s| status_error(self.position, &self.addr, &s))?;
-        Ok(())
+        match self.client.clone().delete(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(status) => Err(status_error(self.position, &self.addr, &status)),
+        }
     }
 }
 
@@ -508,7 +606,10 @@ impl BlockJob {
             let own = fetch_fragment(old.clone(), self.reference.clone()).await;
             if let (Some(slot), Some(own)) = (fragments.get_mut(position as usize), own) {
                 *slot = Some(own);
-                if let Ok(fragment) = coder.rebuild(index, &self.expected, &fragments, position) {
+                let copied = tokio::task::block_in_place(|| {
+                    coder.rebuild(index, &self.expected, &fragments, position)
+                });
+                if let Ok(fragment) = copied {
                     return Ok(self.done(fragment));
                 }
             }

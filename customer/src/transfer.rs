@@ -268,7 +268,12 @@ impl Session {
                     }
                 }
                 Err(SessionError::Unreachable { position, .. }) => unreachable.push(position),
-                Err(e @ SessionError::Refused { .. }) => refused = Some(e),
+                // A supplier that refuses to list is no more use than one
+                // that is down, and is reported with them.
+                Err(e @ SessionError::Refused { position, .. }) => {
+                    unreachable.push(position);
+                    refused = Some(e);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -1080,20 +1085,10 @@ pub(crate) async fn fetch_block(
     slots
 }
 
-/// Fetches one fragment, or `None` if the supplier refuses, fails, or
-/// takes longer than a fragment may (a stream that stalls after its first
-/// message would otherwise hold the block forever).
+/// Fetches one fragment, or `None` if the supplier refuses or fails, or
+/// lets more than [`CALL_TIMEOUT`] pass between two messages (a stream that
+/// stalls would otherwise hold the block forever).
 pub(crate) async fn fetch_fragment(
-    client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
-    reference: FragmentRef,
-) -> Option<Bytes> {
-    tokio::time::timeout(CALL_TIMEOUT * 4, fetch_fragment_now(client, reference))
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn fetch_fragment_now(
     mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
     reference: FragmentRef,
 ) -> Option<Bytes> {
@@ -1104,7 +1099,11 @@ async fn fetch_fragment_now(
     let mut stream = client.get_fragment(request).await.ok()?.into_inner();
     let mut chunks = FragmentChunks::default();
     let mut expected = 0;
-    while let Some(message) = stream.message().await.ok()? {
+    while let Some(message) = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+        .await
+        .ok()?
+        .ok()?
+    {
         match message.part {
             Some(get_fragment_response::Part::Header(header)) => {
                 expected = usize::try_from(header.size).unwrap_or(0);
@@ -1114,6 +1113,27 @@ async fn fetch_fragment_now(
         }
     }
     Some(chunks.finish())
+}
+
+/// The digest a supplier's header gives for a fragment it holds, read
+/// without the fragment; `None` if it holds none or does not answer.
+pub(crate) async fn fragment_digest(
+    mut client: proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>,
+    reference: FragmentRef,
+) -> Option<Vec<u8>> {
+    let mut request = tonic::Request::new(GetFragmentRequest {
+        fragment: Some(reference),
+    });
+    request.set_timeout(CALL_TIMEOUT);
+    let mut stream = client.get_fragment(request).await.ok()?.into_inner();
+    let first = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+        .await
+        .ok()?
+        .ok()??;
+    match first.part {
+        Some(get_fragment_response::Part::Header(header)) => Some(header.digest),
+        _ => None,
+    }
 }
 
 /// No fragment is larger than the largest block sealed and cut for one

@@ -702,6 +702,7 @@ async fn a_supplier_is_replaced_from_the_command_line() {
             "1",
             "--supplier",
             &spare.addr(),
+            "--release-old",
         ],
     ));
     assert_eq!(replaced["versions_rebuilt"], 1, "{replaced}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::manifest::ObjectId;
 use customer::home::{Home, InitOptions};
 use customer::pipeline::NormalPath;
-use customer::replace::Unreadable;
+use customer::replace::{Options, Unreadable};
 use customer::session::{LocationKeys, Session};
 use customer::suppliers::SupplierSet;
 use customer::transfer::{Progress, TransferError, catalog, newest, next_versions};
@@ -191,6 +191,13 @@ impl Net {
 
     fn object(&self, name: &str) -> ObjectId {
         self.keys.secrets.object_id(&NormalPath::new(name).unwrap())
+    }
+}
+
+fn skip() -> Options {
+    Options {
+        unreadable: Unreadable::Skip,
+        ..Options::default()
     }
 }
 
@@ -723,7 +730,7 @@ async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
     // Bad inputs change nothing.
     let err = net
         .session
-        .replace_supplier(4, &spare_addr, 1 << 30, Unreadable::Stop, no_progress())
+        .replace_supplier(4, &spare_addr, 1 << 30, Options::default(), no_progress())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no position 4"), "{err}");
@@ -733,7 +740,7 @@ async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
             1,
             &net.addrs[2].to_string(),
             1 << 30,
-            Unreadable::Stop,
+            Options::default(),
             no_progress(),
         )
         .await
@@ -748,7 +755,7 @@ async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
     }
     let err = net
         .session
-        .replace_supplier(1, &spare_addr, 1 << 30, Unreadable::Stop, no_progress())
+        .replace_supplier(1, &spare_addr, 1 << 30, Options::default(), no_progress())
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -773,7 +780,7 @@ async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
             1,
             &spare_addr,
             1 << 30,
-            Unreadable::Stop,
+            Options::default(),
             Arc::new(move |n| {
                 counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }),
@@ -799,18 +806,19 @@ async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
         assert_eq!(after.suppliers[position], before.suppliers[position]);
     }
 
-    // A second run finds everything in place.
+    // Run again onto the same supplier (a repair), it finds everything in
+    // place and leaves the set alone.
     let again = net
         .session
-        .rebuild_position(
-            &net.keys,
-            &after.suppliers[1],
-            Unreadable::Stop,
-            no_progress(),
-        )
+        .replace_supplier(1, &spare_addr, 1 << 30, Options::default(), no_progress())
         .await
         .unwrap();
-    assert_eq!((again.versions, again.already), (0, 4), "{again:?}");
+    assert_eq!(
+        (again.rebuilt.versions, again.rebuilt.already),
+        (0, 5),
+        "{again:?}"
+    );
+    assert_eq!(net.saved_set(), after);
 
     // Only the new position 1 and position 3 are left: every version of
     // every file still comes back whole.
@@ -837,6 +845,39 @@ async fn a_lost_supplier_is_replaced_and_what_it_held_rebuilt() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(dest).unwrap(), picture);
+
+    // The supplier that lost position 1 comes back, still holding every
+    // version for position 1. Taken for position 0, it must not count those
+    // with fragments as held: they are made again for position 0.
+    net.restart(1).await;
+    net.restart(2).await;
+    let done = net
+        .session
+        .replace_supplier(
+            0,
+            &net.addrs[1].to_string(),
+            1 << 30,
+            Options::default(),
+            no_progress(),
+        )
+        .await
+        .unwrap();
+    // The empty file has no blocks, so its manifest is all a position
+    // holds of it, and that is the same for every position.
+    assert_eq!(
+        (done.rebuilt.versions, done.rebuilt.already),
+        (4, 1),
+        "{done:?}"
+    );
+    net.stop(2).await;
+    net.stop(3).await;
+    for (name, version, data) in &files {
+        assert_eq!(
+            &net.get(name, Some(*version)).await.unwrap(),
+            data,
+            "{name}#{version} from positions 0 and 1"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -854,7 +895,10 @@ async fn a_supplier_that_still_answers_is_copied_from_then_released() {
                 0,
                 &net.addrs[spare].to_string(),
                 1 << 30,
-                Unreadable::Stop,
+                Options {
+                    release_old: true,
+                    ..Options::default()
+                },
                 no_progress(),
             )
             .await
@@ -903,7 +947,7 @@ async fn versions_too_few_answer_with_are_left_out_only_when_asked() {
             3,
             &net.addrs[first].to_string(),
             1 << 30,
-            Unreadable::Stop,
+            Options::default(),
             no_progress(),
         )
         .await
@@ -925,7 +969,7 @@ async fn versions_too_few_answer_with_are_left_out_only_when_asked() {
     let second_addr = net.addrs[second].to_string();
     let err = net
         .session
-        .replace_supplier(1, &second_addr, 1 << 30, Unreadable::Stop, no_progress())
+        .replace_supplier(1, &second_addr, 1 << 30, Options::default(), no_progress())
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -937,7 +981,7 @@ async fn versions_too_few_answer_with_are_left_out_only_when_asked() {
     assert_eq!(net.saved_set(), before);
     let done = net
         .session
-        .replace_supplier(1, &second_addr, 1 << 30, Unreadable::Skip, no_progress())
+        .replace_supplier(1, &second_addr, 1 << 30, skip(), no_progress())
         .await
         .unwrap();
     // "kept" may have gone over before the stop.

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use clap::Subcommand;
 use customer::pipeline::{default_scheme, parse_scheme};
-use customer::replace::Unreadable;
+use customer::replace::{Options, Unreadable};
 use customer::session::{CALL_TIMEOUT, Session};
 use customer::suppliers::SupplierSet;
 use customer::transfer::Progress;
@@ -50,9 +50,14 @@ pub(crate) enum SuppliersCommand {
         #[arg(long, default_value = "1 GiB")]
         quota: ByteSize,
         /// Leave out versions that too few suppliers answer with now,
-        /// instead of stopping (the old supplier is then kept).
+        /// instead of stopping; the position's fragments of those are lost.
         #[arg(long)]
         skip_unreadable: bool,
+        /// At the end, release the old supplier if it answers and nothing
+        /// was left out: it deletes everything it holds for you, in every
+        /// location, including any whose key is not in this home.
+        #[arg(long)]
+        release_old: bool,
     },
 }
 
@@ -70,13 +75,17 @@ pub(crate) async fn run(ctx: &Ctx, command: SuppliersCommand) -> Result<()> {
             supplier,
             quota,
             skip_unreadable,
+            release_old,
         } => {
-            let unreadable = if skip_unreadable {
-                Unreadable::Skip
-            } else {
-                Unreadable::Stop
+            let options = Options {
+                unreadable: if skip_unreadable {
+                    Unreadable::Skip
+                } else {
+                    Unreadable::Stop
+                },
+                release_old,
             };
-            replace(ctx, position, supplier, quota, unreadable).await
+            replace(ctx, position, supplier, quota, options).await
         }
     }
 }
@@ -86,7 +95,7 @@ async fn replace(
     position: u32,
     supplier: Option<String>,
     quota: ByteSize,
-    unreadable: Unreadable,
+    options: Options,
 ) -> Result<()> {
     let mut session = super::session(ctx)?;
     let set = session.suppliers()?.clone();
@@ -113,7 +122,7 @@ async fn replace(
     };
     let (report, bar) = rebuild_progress(ctx);
     let result = session
-        .replace_supplier(position, &addr, quota.as_u64(), unreadable, report)
+        .replace_supplier(position, &addr, quota.as_u64(), options, report)
         .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -142,8 +151,12 @@ async fn replace(
         done.rebuilt.removed,
         if done.released {
             "released"
+        } else if done.old.node_id == done.new.node_id {
+            "is the new one (a repair)"
+        } else if !options.release_old {
+            "keeps its copy and your contract (see --release-old)"
         } else if done.rebuilt.skipped.is_empty() {
-            "did not answer, not released"
+            "could not be released (see the log)"
         } else {
             "kept, since versions were left out"
         },

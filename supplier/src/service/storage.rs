@@ -376,8 +376,11 @@ impl StorageService {
             // A hire by a customer replaces its contract, so its own quota
             // is there for it to take again (as `Store::hire_within` counts).
             Ok(()) => {
-                let available = self.limits.capacity.saturating_sub(promised);
-                (available, available.saturating_add(own.unwrap_or(0)))
+                let elsewhere = promised.saturating_sub(own.unwrap_or(0));
+                (
+                    self.limits.capacity.saturating_sub(promised),
+                    self.limits.capacity.saturating_sub(elsewhere),
+                )
             }
             Err(_) => (0, 0),
         };
