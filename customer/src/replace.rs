@@ -22,7 +22,7 @@ use proto::storage::v1::storage_client::StorageClient;
 use proto::storage::v1::{CommitManifestRequest, DeleteRequest, FragmentRef, ReleaseRequest};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::pipeline::{Decoder, ErasureCoder, PipelineError};
 use crate::session::{
@@ -190,7 +190,7 @@ impl Session {
         } else if rebuilt.skipped.is_empty() {
             self.release(&old).await
         } else {
-            warn!(addr = %old.addr, "the replaced supplier is kept: some versions were left out");
+            debug!(addr = %old.addr, "the replaced supplier is kept: some versions were left out");
             false
         };
         Ok(Replaced {
@@ -373,8 +373,9 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
+        // The caller reports what was left out; the log keeps the detail.
         for skipped in &done.skipped {
-            warn!(position, "left out: {skipped}");
+            debug!(position, "left out: {skipped}");
         }
         Ok(done)
     }

@@ -166,11 +166,6 @@ impl Session {
         &self.home
     }
 
-    /// The dialer, which presents our master key's certificate.
-    pub fn dialer(&self) -> &Dialer {
-        &self.dialer
-    }
-
     /// The hired suppliers.
     pub fn suppliers(&self) -> Result<&SupplierSet, SessionError> {
         self.suppliers.as_ref().ok_or(SessionError::NoSuppliers)
@@ -204,20 +199,22 @@ impl Session {
         let missing = || SessionError::Key(format!("no supplier at position {position}"));
         let entry = set.suppliers.get(position as usize).ok_or_else(missing)?;
         let cell = self.channels.get(position as usize).ok_or_else(missing)?;
-        let channel = cell
-            .get_or_try_init(|| async {
-                self.dialer
-                    .connect(&entry.addr, Some(entry.node_id))
-                    .await
-                    .map(|connection| connection.channel)
-                    .map_err(|e| SessionError::Unreachable {
-                        position,
-                        addr: entry.addr.clone(),
-                        reason: e.to_string(),
-                    })
-            })
-            .await?;
+        let channel = cell.get_or_try_init(|| self.dial(entry)).await?;
         Ok(channel.clone())
+    }
+
+    /// A new connection to the supplier of `entry`, which must prove its
+    /// node ID.
+    async fn dial(&self, entry: &SupplierEntry) -> Result<Channel, SessionError> {
+        self.dialer
+            .connect(&entry.addr, Some(entry.node_id))
+            .await
+            .map(|connection| connection.channel)
+            .map_err(|e| SessionError::Unreachable {
+                position: entry.position,
+                addr: entry.addr.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// The storage client of a position, connecting on first use.
@@ -231,16 +228,7 @@ impl Session {
         &self,
         entry: &SupplierEntry,
     ) -> Result<StorageClient<Channel>, SessionError> {
-        let connection = self
-            .dialer
-            .connect(&entry.addr, Some(entry.node_id))
-            .await
-            .map_err(|e| SessionError::Unreachable {
-                position: entry.position,
-                addr: entry.addr.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(storage_client(connection.channel))
+        Ok(storage_client(self.dial(entry).await?))
     }
 
     /// The keys of a location we hold the private key of.
