@@ -4,6 +4,7 @@ mod files;
 mod identity;
 mod init;
 mod key;
+mod share;
 mod suppliers;
 
 use std::io::IsTerminal;
@@ -46,6 +47,9 @@ enum Command {
     /// Hire suppliers and see how they are.
     #[command(subcommand)]
     Suppliers(suppliers::SuppliersCommand),
+    /// Create, list and delete shares.
+    #[command(subcommand)]
+    Share(share::ShareCommand),
     /// Upload a file or directory: LOCAL [REMOTE], REMOTE being
     /// [KEY_ID:]PATH (default: your master location, the file's name).
     Put {
@@ -208,6 +212,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Identity(command) => identity::run(&ctx, command).await,
         Command::Key(command) => key::run(&ctx, command),
         Command::Suppliers(command) => suppliers::run(&ctx, command).await,
+        Command::Share(command) => share::run(&ctx, command).await,
         Command::Put { local, remote } => files::put(&ctx, local, remote).await,
         Command::Get { remote, local } => files::get(&ctx, remote, local).await,
         Command::Ls { location } => files::ls(&ctx, location).await,

@@ -5,6 +5,8 @@
 //! - [`idserver`]: publishing and fetching identity documents.
 //! - [`pipeline`]: the data path: object IDs, block sealing, erasure coding, streaming.
 //! - [`replace`]: replacing a supplier and rebuilding its fragments onto the new one.
+//! - [`session`]: keys, supplier connections, the DHT, and working in another user's share.
+//! - [`share`]: deleting a share.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -15,6 +17,7 @@ pub mod pipeline;
 pub mod remote;
 pub mod replace;
 pub mod session;
+pub mod share;
 pub mod suppliers;
 pub mod transfer;
 

@@ -129,7 +129,7 @@ impl Session {
         options: Options,
         progress: Progress,
     ) -> Result<Replaced, TransferError> {
-        let set = self.suppliers()?.clone();
+        let set = self.own_suppliers()?.clone();
         let old = set
             .suppliers
             .get(position as usize)

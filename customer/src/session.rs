@@ -1,9 +1,11 @@
 //! A working session: the unlocked master key, our identity, a dialer, and
 //! connections to our suppliers, opened on first use and checked against
-//! their node IDs.
+//! their node IDs. In another user's share ([`Session::enter`]) the
+//! connections go to the share owner's suppliers instead, and each proves
+//! that we hold the share's key before it is used.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::crypto::{PrivateKey, PublicKey, Purpose};
 use common::envelope::Envelope;
@@ -12,7 +14,9 @@ use common::identity::SignedIdentity;
 use net::Dialer;
 use prost::Message;
 use proto::storage::v1::storage_client::StorageClient;
-use proto::storage::v1::{HireRequest, KeyRegistration, OfferRequest, RegisterKeyRequest};
+use proto::storage::v1::{
+    ChallengeRequest, HireRequest, KeyRegistration, OfferRequest, ProveRequest, RegisterKeyRequest,
+};
 use tokio::sync::OnceCell;
 use tonic::transport::Channel;
 
@@ -103,10 +107,24 @@ pub struct Session {
     master: Arc<PrivateKey>,
     identity: SignedIdentity,
     dialer: Dialer,
+    /// The suppliers in use: ours, or, in another user's share, its owner's.
     suppliers: Option<SupplierSet>,
     channels: Vec<OnceCell<Channel>>,
+    /// Set while we work in another user's share.
+    member: Option<Membership>,
     block_size: usize,
     dht: OnceCell<dht::DhtHandle>,
+}
+
+/// Working in another user's share: its key, which every connection to the
+/// owner's suppliers proves we hold, and when each position's proof lapses.
+#[derive(Debug)]
+struct Membership {
+    keys: LocationKeys,
+    /// Our own suppliers, in use again once we leave the share.
+    own: Option<SupplierSet>,
+    /// Per position: until when the proof on its connection holds.
+    proved_until: Vec<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl Session {
@@ -131,6 +149,7 @@ impl Session {
             dialer,
             suppliers,
             channels,
+            member: None,
             block_size: crate::pipeline::DEFAULT_BLOCK_SIZE,
             dht: OnceCell::new(),
         })
@@ -166,15 +185,78 @@ impl Session {
         &self.home
     }
 
-    /// The hired suppliers.
+    /// The suppliers in use: the hired ones, or after [`Session::enter`] into
+    /// another user's share, that owner's.
     pub fn suppliers(&self) -> Result<&SupplierSet, SessionError> {
         self.suppliers.as_ref().ok_or(SessionError::NoSuppliers)
     }
 
-    /// Uses `set` as our suppliers from now on (after hiring).
+    /// Our own hired suppliers; an error while the session works in another
+    /// user's share.
+    pub fn own_suppliers(&self) -> Result<&SupplierSet, SessionError> {
+        if let Some(member) = &self.member {
+            return Err(SessionError::Key(format!(
+                "this session works in {}, a share of {}; our own suppliers are not in use",
+                member.keys.key_id,
+                member.keys.key_id.owner()
+            )));
+        }
+        self.suppliers()
+    }
+
+    /// The share of another user this session works in, if any.
+    pub fn share(&self) -> Option<&KeyId> {
+        self.member.as_ref().map(|m| &m.keys.key_id)
+    }
+
+    /// Uses `set` as our suppliers from now on (after hiring); leaves any
+    /// share entered before.
     pub fn set_suppliers(&mut self, set: SupplierSet) {
         self.channels = (0..set.suppliers.len()).map(|_| OnceCell::new()).collect();
         self.suppliers = Some(set);
+        self.member = None;
+    }
+
+    /// Prepares to work in the location of `keys`. Our own locations need
+    /// nothing. For a share of another user, whose private key we were
+    /// given, the session switches to the owner's suppliers, taken from the
+    /// owner's signed `suppliers/` record in the DHT; from then on each
+    /// connection proves to its supplier that we hold the share's key
+    /// (Challenge, Prove) before it is used. Entering one of our own
+    /// locations afterwards switches back to our suppliers.
+    pub async fn enter(&mut self, keys: &LocationKeys) -> Result<(), SessionError> {
+        let owner = keys.key_id.owner();
+        if owner == &self.user {
+            if let Some(member) = self.member.take() {
+                self.channels = (0..member.own.as_ref().map_or(0, |s| s.suppliers.len()))
+                    .map(|_| OnceCell::new())
+                    .collect();
+                self.suppliers = member.own;
+            }
+            return Ok(());
+        }
+        if keys.key_id.is_master() {
+            return Err(SessionError::Key(format!(
+                "{} is another user's master location, which only they can read",
+                keys.key_id
+            )));
+        }
+        let list = self.suppliers_of(owner).await?;
+        let set = owner_set(owner, &list)?;
+        let own = match self.member.take() {
+            Some(member) => member.own,
+            None => self.suppliers.take(),
+        };
+        self.channels = (0..set.suppliers.len()).map(|_| OnceCell::new()).collect();
+        self.member = Some(Membership {
+            keys: keys.clone(),
+            own,
+            proved_until: (0..set.suppliers.len())
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+        });
+        self.suppliers = Some(set);
+        Ok(())
     }
 
     /// Publishes our identity if the identity server has not got this
@@ -194,13 +276,25 @@ impl Session {
     }
 
     /// The channel to the supplier at a position, connecting on first use.
+    /// In another user's share it carries a proof that we hold the share's
+    /// key, renewed before it lapses.
     pub async fn channel(&self, position: u32) -> Result<Channel, SessionError> {
         let set = self.suppliers()?;
         let missing = || SessionError::Key(format!("no supplier at position {position}"));
         let entry = set.suppliers.get(position as usize).ok_or_else(missing)?;
         let cell = self.channels.get(position as usize).ok_or_else(missing)?;
-        let channel = cell.get_or_try_init(|| self.dial(entry)).await?;
-        Ok(channel.clone())
+        let channel = cell.get_or_try_init(|| self.dial(entry)).await?.clone();
+        if let Some(member) = &self.member {
+            let slot = member
+                .proved_until
+                .get(position as usize)
+                .ok_or_else(missing)?;
+            let mut until = slot.lock().await;
+            if until.is_none_or(|t| Instant::now() >= t) {
+                *until = Some(prove(channel.clone(), &member.keys, &self.master, entry).await?);
+            }
+        }
+        Ok(channel)
     }
 
     /// A new connection to the supplier of `entry`, which must prove its
@@ -259,22 +353,54 @@ impl Session {
     }
 
     /// Registers the public key of one of our own share locations with every
-    /// supplier (idempotent). The master location needs none.
-    pub async fn register_location(&self, keys: &LocationKeys) -> Result<(), SessionError> {
-        let Some(registration) = self.key_registration(keys)? else {
-            return Ok(());
-        };
-        for position in 0..self.suppliers()?.suppliers.len() as u32 {
-            let client = self.client(position).await?;
-            register_key(
-                client,
-                &registration,
-                position,
-                &self.supplier_addr(position),
-            )
-            .await?;
+    /// supplier (idempotent), all at once. The master location needs none,
+    /// and neither does a share of another user's: its owner registers it.
+    ///
+    /// Fails unless at least `k` suppliers took it, since fewer could not
+    /// serve a member a single file; the positions that did not are
+    /// returned (a later call catches them up).
+    pub async fn register_location(
+        &self,
+        keys: &LocationKeys,
+    ) -> Result<Vec<SessionError>, SessionError> {
+        if keys.key_id.owner() != &self.user {
+            return Ok(Vec::new());
         }
-        Ok(())
+        let Some(registration) = self.key_registration(keys)? else {
+            return Ok(Vec::new());
+        };
+        let set = self.own_suppliers()?;
+        let registering = (0..set.suppliers.len() as u32).map(|position| {
+            let registration = &registration;
+            async move {
+                let client = self.client(position).await?;
+                register_key(
+                    client,
+                    registration,
+                    position,
+                    &self.supplier_addr(position),
+                )
+                .await
+            }
+        });
+        let failed: Vec<SessionError> = futures_util::future::join_all(registering)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        let took = set.suppliers.len() - failed.len();
+        if took < set.data as usize {
+            let mut reasons = failed.iter().map(ToString::to_string).collect::<Vec<_>>();
+            reasons.sort();
+            return Err(SessionError::Key(format!(
+                "the key of {} reached only {took} of {} suppliers, and {} are needed: {}",
+                keys.key_id,
+                set.suppliers.len(),
+                set.data,
+                reasons.join("; ")
+            )));
+        }
+        Ok(failed)
     }
 
     /// The signed registration of one of our own locations' public key, or
@@ -510,7 +636,7 @@ impl Session {
     /// Publishes our `suppliers/` record: to the DHT, and to each of our
     /// suppliers, which keep it and republish it. Returns how many stored it.
     pub async fn publish_suppliers(&self) -> Result<usize, SessionError> {
-        let set = self.suppliers()?;
+        let set = self.own_suppliers()?;
         let list = proto::dht::v1::SupplierList {
             user_id: self.user.to_string(),
             data: set.data,
@@ -694,6 +820,139 @@ impl dht::signer::SignerResolver for IdentitySigners {
     }
 }
 
+/// A share owner's supplier list as a supplier set, checked: it is theirs,
+/// its scheme is valid and names one supplier with an address per position.
+fn owner_set(
+    owner: &UserId,
+    list: &proto::dht::v1::SupplierList,
+) -> Result<SupplierSet, SessionError> {
+    let bad = |reason: String| {
+        SessionError::Dht(format!(
+            "the supplier list of {owner} is unusable: {reason}"
+        ))
+    };
+    if list.user_id != owner.to_string() {
+        return Err(bad(format!("it names {}", list.user_id)));
+    }
+    let scheme = common::manifest::Scheme {
+        data: list.data,
+        parity: list.parity,
+    };
+    scheme.check().map_err(|e| {
+        bad(match e {
+            common::manifest::ManifestError::Invalid(reason) => {
+                format!("scheme {scheme}: {reason}")
+            }
+            other => other.to_string(),
+        })
+    })?;
+    if list.suppliers.len() != scheme.positions() as usize {
+        return Err(bad(format!(
+            "scheme {scheme} needs {} suppliers, it names {}",
+            scheme.positions(),
+            list.suppliers.len()
+        )));
+    }
+    let suppliers = list
+        .suppliers
+        .iter()
+        .zip(0u32..)
+        .map(|(contact, position)| {
+            let node_id = NodeId::from_slice(&contact.node_id)
+                .map_err(|_| bad(format!("position {position} has a malformed node ID")))?;
+            let addr = contact
+                .endpoints
+                .first()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| bad(format!("position {position} has no address")))?;
+            Ok(SupplierEntry {
+                position,
+                addr: addr.clone(),
+                node_id,
+            })
+        })
+        .collect::<Result<_, SessionError>>()?;
+    Ok(SupplierSet {
+        data: scheme.data,
+        parity: scheme.parity,
+        suppliers,
+    })
+}
+
+/// Proves to the supplier of `entry`, on `channel`, that we hold the key of
+/// `keys`' location: signs its nonce, bound to its node ID and ours, with
+/// the share's private key. Returns when to prove again: halfway through
+/// the grant, so that a long transfer never meets a lapsed one.
+async fn prove(
+    channel: Channel,
+    keys: &LocationKeys,
+    master: &PrivateKey,
+    entry: &SupplierEntry,
+) -> Result<Instant, SessionError> {
+    let started = Instant::now();
+    let (position, addr) = (entry.position, entry.addr.as_str());
+    let refused = |message: String| SessionError::Refused { position, message };
+    let mut client = storage_client(channel);
+    let location = crate::transfer::location_proto(keys);
+    let mut request = tonic::Request::new(ChallengeRequest {
+        location: Some(location.clone()),
+    });
+    request.set_timeout(CALL_TIMEOUT);
+    let challenge = client
+        .challenge(request)
+        .await
+        .map_err(|s| status_error(position, addr, &s))?
+        .into_inner();
+    // The TLS handshake proved the supplier's node ID; a nonce for another
+    // would make our proof usable there.
+    if challenge.supplier_id != entry.node_id.as_bytes() {
+        return Err(refused(
+            "its challenge names another node than the one we reached".into(),
+        ));
+    }
+    if challenge.epoch != keys.epoch {
+        return Err(SessionError::Key(format!(
+            "the owner's suppliers want the key of {} at epoch {}, and ours is epoch {}: ask {} for the current key",
+            keys.key_id,
+            challenge.epoch,
+            keys.epoch,
+            keys.key_id.owner()
+        )));
+    }
+    let message = common::audit::supplier_proof(
+        &entry.node_id,
+        &master.public_key().node_id(),
+        &keys.key_id,
+        challenge.epoch,
+        &challenge.nonce,
+    );
+    let signature = keys
+        .private
+        .sign(Purpose::Audit, &message)
+        .map_err(|e| SessionError::Key(e.to_string()))?;
+    let mut request = tonic::Request::new(ProveRequest {
+        location: Some(location),
+        epoch: challenge.epoch,
+        nonce: challenge.nonce,
+        signature,
+    });
+    request.set_timeout(CALL_TIMEOUT);
+    let proved = client.prove(request).await.map_err(|s| {
+        if s.code() == tonic::Code::PermissionDenied {
+            refused(format!(
+                "{}: the key we hold is not the one {} registered for {}",
+                s.message(),
+                keys.key_id.owner(),
+                keys.key_id
+            ))
+        } else {
+            status_error(position, addr, &s)
+        }
+    })?;
+    let ttl = Duration::from_secs(u64::from(proved.into_inner().ttl_seconds));
+    Ok(started + ttl / 2)
+}
+
 /// A storage client on `channel` that takes and sends messages as large as
 /// the transport allows.
 fn storage_client(channel: Channel) -> StorageClient<Channel> {
@@ -735,5 +994,64 @@ pub fn status_error(position: u32, addr: &str, status: &tonic::Status) -> Sessio
             position,
             message: status.message().to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::dht::v1::{NodeContact, SupplierList};
+
+    use super::*;
+
+    fn list(user: &str, data: u32, parity: u32, count: usize) -> SupplierList {
+        SupplierList {
+            user_id: user.to_owned(),
+            data,
+            parity,
+            suppliers: (0..count)
+                .map(|i| NodeContact {
+                    node_id: vec![i as u8; 32],
+                    endpoints: vec![format!("supplier-{i}:7700")],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_owners_list_becomes_a_set_in_position_order() {
+        let alice: UserId = "alice@id-a".parse().unwrap();
+        let set = owner_set(&alice, &list("alice@id-a", 2, 1, 3)).unwrap();
+        assert_eq!((set.data, set.parity), (2, 1));
+        for (i, entry) in set.suppliers.iter().enumerate() {
+            assert_eq!(entry.position, i as u32);
+            assert_eq!(entry.addr, format!("supplier-{i}:7700"));
+            assert_eq!(entry.node_id, NodeId::from_array([i as u8; 32]));
+        }
+    }
+
+    #[test]
+    fn a_list_that_cannot_be_used_is_refused_with_the_reason() {
+        let alice: UserId = "alice@id-a".parse().unwrap();
+        let mut short_id = list("alice@id-a", 1, 1, 2);
+        short_id.suppliers[1].node_id.truncate(31);
+        let mut no_addr = list("alice@id-a", 1, 1, 2);
+        no_addr.suppliers[0].endpoints.clear();
+        let mut empty_addr = list("alice@id-a", 1, 1, 2);
+        empty_addr.suppliers[1].endpoints = vec![String::new()];
+        for (bad, reason) in [
+            (list("mallory@id-a", 1, 1, 2), "it names mallory@id-a"),
+            (list("alice@id-a", 0, 2, 2), "at least one data fragment"),
+            (list("alice@id-a", 60, 10, 70), "too many positions"),
+            (list("alice@id-a", 2, 1, 2), "needs 3 suppliers, it names 2"),
+            (short_id, "position 1 has a malformed node ID"),
+            (no_addr, "position 0 has no address"),
+            (empty_addr, "position 1 has no address"),
+        ] {
+            let err = owner_set(&alice, &bad).unwrap_err().to_string();
+            assert!(
+                err.contains("supplier list of alice@id-a is unusable") && err.contains(reason),
+                "{reason}: {err}"
+            );
+        }
     }
 }

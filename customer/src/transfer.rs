@@ -133,6 +133,14 @@ pub enum TransferError {
     /// Only the owner may delete.
     #[error("only the owner of {0} may delete in it")]
     NotOwner(String),
+    /// A share could not be deleted, or not completely.
+    #[error("share {share} is not deleted: {reason}")]
+    ShareNotDeleted {
+        /// The share's key ID.
+        share: String,
+        /// How far it got, and why not further.
+        reason: String,
+    },
     /// A manifest from a supplier did not verify.
     #[error("a manifest from supplier position {position} is invalid: {reason}")]
     BadManifest {
@@ -225,6 +233,7 @@ pub struct Uploaded {
 /// Reports bytes done.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// The wire form of the location of `keys`.
 pub(crate) fn location_proto(keys: &LocationKeys) -> Location {
     Location {
         owner: keys.key_id.owner().to_string(),
@@ -791,7 +800,32 @@ impl Session {
         if keys.key_id.owner() != self.user() {
             return Err(TransferError::NotOwner(keys.key_id.to_string()));
         }
-        let object_id = keys.secrets.object_id(path);
+        let count = self.suppliers()?.suppliers.len();
+        let (found, failures) = self
+            .delete_object(keys, keys.secrets.object_id(path), version)
+            .await?;
+        if !failures.is_empty() {
+            return Err(TransferError::PartialRemove {
+                path: path.to_string(),
+                removed: count - failures.len(),
+                total: count,
+                failures: failures.join("; "),
+            });
+        }
+        if !found {
+            return Err(TransferError::NotFound(path.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Deletes one object (every version, or one) on every supplier. Returns
+    /// whether any supplier had it, and why each supplier that failed did.
+    pub(crate) async fn delete_object(
+        &self,
+        keys: &LocationKeys,
+        object_id: ObjectId,
+        version: Option<u64>,
+    ) -> Result<(bool, Vec<String>), TransferError> {
         let count = self.suppliers()?.suppliers.len() as u32;
         let mut found = false;
         let mut failures = Vec::new();
@@ -817,18 +851,7 @@ impl Session {
                 ),
             }
         }
-        if !failures.is_empty() {
-            return Err(TransferError::PartialRemove {
-                path: path.to_string(),
-                removed: count as usize - failures.len(),
-                total: count as usize,
-                failures: failures.join("; "),
-            });
-        }
-        if !found {
-            return Err(TransferError::NotFound(path.to_string()));
-        }
-        Ok(())
+        Ok((found, failures))
     }
 }
 

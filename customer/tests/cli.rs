@@ -717,3 +717,145 @@ async fn a_supplier_is_replaced_from_the_command_line() {
     ok(&silt(&home, &["get", "notes.bin", out.to_str().unwrap()]));
     assert_eq!(fs::read(&out).unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_is_created_handed_over_and_used_from_the_command_line() {
+    let server = IdServer::start().await;
+    let other = IdServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice");
+    init(&alice, "alice", &server.addr());
+    // Without suppliers there is nowhere to share from, and no key is made.
+    let err = fails(&silt(&alice, &["share", "create", "holiday"]));
+    assert!(err.contains("no suppliers are hired"), "{err}");
+    let listed = json(&silt(&alice, &["--json", "share", "list"]));
+    assert_eq!(listed["shares"].as_array().unwrap().len(), 0);
+    ok(&silt(
+        &alice,
+        &[
+            "suppliers",
+            "hire",
+            "--supplier",
+            &server.addr(),
+            "--supplier",
+            &other.addr(),
+        ],
+    ));
+    for (alias, expected) in [
+        ("master", "identity key's alias"),
+        ("Not An Alias", "alias"),
+    ] {
+        let err = fails(&silt(&alice, &["share", "create", alias]));
+        assert!(err.contains(expected), "{alias}: {err}");
+    }
+    let created = json(&silt(
+        &alice,
+        &["--json", "share", "create", "holiday", "--size", "2048"],
+    ));
+    assert_eq!(created["created"], true, "{created}");
+    assert_eq!(created["registered"], 2, "{created}");
+    let key_id = created["key_id"].as_str().unwrap().to_owned();
+    assert!(key_id.starts_with("holiday$alice@"), "{key_id}");
+    // Again: the same key, registered again rather than replaced.
+    let again = json(&silt(&alice, &["--json", "share", "create", "holiday"]));
+    assert_eq!(again["created"], false, "{again}");
+    assert_eq!(again["key_id"], key_id.as_str());
+
+    let photo: Vec<u8> = (0..90_000u32).map(|i| (i % 239) as u8).collect();
+    let file = dir.path().join("beach.jpg");
+    fs::write(&file, &photo).unwrap();
+    ok(&silt(
+        &alice,
+        &[
+            "put",
+            file.to_str().unwrap(),
+            &format!("{key_id}:photos/beach.jpg"),
+        ],
+    ));
+    let export = dir.path().join("holiday.pem");
+    fs::write(
+        &export,
+        ok(&silt(
+            &alice,
+            &["key", "export", "--private", "--yes", &key_id],
+        )),
+    )
+    .unwrap();
+
+    // Bob imports the key and works in the share, on Alice's suppliers.
+    let bob = dir.path().join("bob");
+    ok(&silt(
+        &bob,
+        &[
+            "init",
+            "--name",
+            "bob",
+            "--id-server",
+            &server.addr(),
+            "--bootstrap",
+            &server.addr(),
+            "--key-size",
+            "2048",
+        ],
+    ));
+    ok(&silt(&bob, &["key", "import", export.to_str().unwrap()]));
+    let shares = json(&silt(&bob, &["--json", "share", "list"]));
+    assert_eq!(shares["shares"][0]["key_id"], key_id.as_str(), "{shares}");
+    assert_eq!(shares["shares"][0]["mine"], false, "{shares}");
+    let listing = json(&silt(&bob, &["--json", "ls", &format!("{key_id}:")]));
+    assert_eq!(listing["files"][0]["path"], "photos/beach.jpg", "{listing}");
+    let out = dir.path().join("bob-beach.jpg");
+    ok(&silt(
+        &bob,
+        &[
+            "get",
+            &format!("{key_id}:photos/beach.jpg"),
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(fs::read(&out).unwrap(), photo);
+    let note = dir.path().join("note.txt");
+    fs::write(&note, b"see you there").unwrap();
+    ok(&silt(
+        &bob,
+        &["put", note.to_str().unwrap(), &format!("{key_id}:note.txt")],
+    ));
+    let err = fails(&silt(&bob, &["rm", &format!("{key_id}:note.txt")]));
+    assert!(err.contains("only the owner"), "{err}");
+    let listing = json(&silt(&alice, &["--json", "ls", &format!("{key_id}:")]));
+    let paths: Vec<&str> = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["note.txt", "photos/beach.jpg"], "{listing}");
+    let status = json(&silt(&alice, &["--json", "status"]));
+    assert_eq!(status["shares"]["yours"], 1, "{status}");
+    let status = json(&silt(&bob, &["--json", "status"]));
+    assert_eq!(status["shares"]["shared_with_you"], 1, "{status}");
+
+    // Carol was given nothing.
+    let carol = dir.path().join("carol");
+    init(&carol, "carol", &server.addr());
+    let err = fails(&silt(&carol, &["ls", &format!("{key_id}:")]));
+    assert!(err.contains("no key holiday$alice@"), "{err}");
+
+    // Deleting: only the owner, and only when confirmed.
+    let err = fails(&silt(&bob, &["share", "delete", &key_id, "--yes"]));
+    assert!(err.contains("only its owner deletes it"), "{err}");
+    let err = fails(&silt(&alice, &["share", "delete", "holiday"]));
+    assert!(err.contains("pass --yes"), "{err}");
+    let err = fails(&silt(&alice, &["share", "delete", "nothing", "--yes"]));
+    assert!(err.contains("no key nothing$alice@"), "{err}");
+    let deleted = json(&silt(
+        &alice,
+        &["--json", "share", "delete", "holiday", "--yes"],
+    ));
+    assert_eq!(deleted["files"], 2, "{deleted}");
+    assert_eq!(deleted["suppliers"], 2, "{deleted}");
+    let shares = json(&silt(&alice, &["--json", "share", "list"]));
+    assert_eq!(shares["shares"].as_array().unwrap().len(), 0);
+    let err = fails(&silt(&bob, &["ls", &format!("{key_id}:")]));
+    assert!(err.contains("not authorized for this location"), "{err}");
+}

@@ -72,7 +72,7 @@ fn walk(local: &Path) -> Result<Vec<(PathBuf, String)>> {
 }
 
 pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Result<()> {
-    let session = super::session(ctx)?;
+    let mut session = super::session(ctx)?;
     let me = session.user().clone();
     let files = walk(&local)?;
     let default_name = local
@@ -89,11 +89,19 @@ pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Re
         target.path.clone()
     };
     let keys = session.location_keys(&target.location)?;
+    session.enter(&keys).await?;
+    // The owner and members check our signature on what we write with the
+    // key our identity server holds.
     if let Err(e) = session.ensure_published().await {
         ctx.out
             .warn(format_args!("could not publish your identity: {e}"));
     }
-    session.register_location(&keys).await?;
+    for missed in session.register_location(&keys).await? {
+        ctx.out.warn(format_args!(
+            "the key of {} is not registered there yet ({missed}); members cannot read that position",
+            keys.key_id
+        ));
+    }
     let (existing, _) = session.versions(&keys, None).await?;
     let next = next_versions(&existing);
     let total: u64 = files
@@ -153,9 +161,10 @@ pub(crate) async fn put(ctx: &Ctx, local: PathBuf, remote: Option<String>) -> Re
 }
 
 pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Result<()> {
-    let session = super::session(ctx)?;
+    let mut session = super::session(ctx)?;
     let target = RemotePath::parse(&remote, session.user())?;
     let keys = session.location_keys(&target.location)?;
+    session.enter(&keys).await?;
     // One object, if the path names one; otherwise a directory prefix.
     let single = if target.path.is_empty() {
         None
@@ -295,9 +304,10 @@ pub(crate) async fn get(ctx: &Ctx, remote: String, local: Option<PathBuf>) -> Re
 }
 
 pub(crate) async fn ls(ctx: &Ctx, location: Option<String>) -> Result<()> {
-    let session = super::session(ctx)?;
+    let mut session = super::session(ctx)?;
     let target = RemotePath::parse(location.as_deref().unwrap_or(""), session.user())?;
     let keys = session.location_keys(&target.location)?;
+    session.enter(&keys).await?;
     let (versions, unreachable) = session.versions(&keys, None).await?;
     if !unreachable.is_empty() {
         ctx.out.warn(format_args!(

@@ -103,8 +103,9 @@ pub(crate) fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
     }
 }
 
-fn create(ctx: &Ctx, alias: Option<String>, label: String, size: usize) -> Result<()> {
-    let owner = ctx.home.config()?.user_id;
+/// The alias of a new key: the one given (never `master`), or a random
+/// `share_<32 hex>` one; and a check of its RSA size.
+pub(crate) fn new_alias(alias: Option<String>, size: usize) -> Result<Alias> {
     let alias = match alias {
         Some(text) => {
             let alias: Alias = text.parse()?;
@@ -118,7 +119,12 @@ fn create(ctx: &Ctx, alias: Option<String>, label: String, size: usize) -> Resul
     if !common::crypto::ALLOWED_KEY_BITS.contains(&size) {
         bail!("--size must be 2048, 3072 or 4096, not {size}");
     }
-    let key_id = KeyId::new(alias, owner);
+    Ok(alias)
+}
+
+fn create(ctx: &Ctx, alias: Option<String>, label: String, size: usize) -> Result<()> {
+    let owner = ctx.home.config()?.user_id;
+    let key_id = KeyId::new(new_alias(alias, size)?, owner);
     let keystore = ctx.home.keystore()?;
     if keystore.contains(&key_id) {
         bail!("a key {key_id} already exists");
@@ -230,7 +236,7 @@ fn export(ctx: &Ctx, key_id: &str, private: bool, yes: bool) -> Result<()> {
 
 /// Asks `question` on the terminal; without one, refuses to `action`
 /// unless the caller passed `--yes`.
-fn confirm(question: &str, action: &str, refused: &str) -> Result<()> {
+pub(crate) fn confirm(question: &str, action: &str, refused: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("refusing to {action} without confirmation; pass --yes");
     }

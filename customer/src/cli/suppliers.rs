@@ -362,6 +362,19 @@ pub(crate) async fn status(ctx: &Ctx) -> Result<()> {
         }
         Err(_) => human.push_str("suppliers: none hired\n"),
     }
+    let (yours, given): (Vec<_>, Vec<_>) = ctx
+        .home
+        .keystore()?
+        .list()?
+        .keys
+        .into_iter()
+        .filter(|meta| meta.kind == common::keystore::KeyKind::Private && !meta.key_id.is_master())
+        .partition(|meta| meta.key_id.owner() == session.user());
+    human.push_str(&format!(
+        "shares:    {} yours, {} shared with you (silt share list)\n",
+        yours.len(),
+        given.len()
+    ));
     let dht = match session.dht().await {
         Ok(handle) => {
             let contacts = handle.stats().await.map(|s| s.contacts).unwrap_or(0);
@@ -387,6 +400,7 @@ pub(crate) async fn status(ctx: &Ctx) -> Result<()> {
             "node_id": identity.node_id().to_string(),
             "published": published,
             "suppliers": suppliers,
+            "shares": { "yours": yours.len(), "shared_with_you": given.len() },
             "dht": dht,
             "daemon": "not available yet",
         }),

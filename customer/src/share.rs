@@ -1,0 +1,118 @@
+//! Deleting one of our shares: its key's registration on every supplier, so
+//! that members are refused from then on, then every version of every file
+//! in it. See `docs/design/sharing.md`.
+
+use std::collections::BTreeSet;
+
+use common::crypto::Purpose;
+use common::envelope::Envelope;
+use common::manifest::SignedManifest;
+use proto::storage::v1::{KeyRemoval, RemoveKeyRequest};
+
+use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
+use crate::transfer::{TransferError, list_manifests, location_proto};
+
+/// What [`Session::delete_share`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareDeleted {
+    /// Files deleted, with all their versions.
+    pub files: usize,
+    /// Suppliers that hold neither the files nor the key any more.
+    pub suppliers: usize,
+}
+
+impl Session {
+    /// Deletes the share of `keys`, one of ours: first the registration of
+    /// its key on every supplier, so that members are refused from then on,
+    /// then every version of every file in it.
+    ///
+    /// A failure leaves what was done done, and running this again finishes
+    /// the job; no file is deleted until every supplier dropped the key and
+    /// listed the share, so that none is missed. The key stays in the
+    /// keystore; the caller drops it once this succeeded.
+    pub async fn delete_share(&self, keys: &LocationKeys) -> Result<ShareDeleted, TransferError> {
+        let share = keys.key_id.to_string();
+        if keys.key_id.is_master() {
+            return Err(SessionError::Key(
+                "the master location is not a share; remove its files with `silt rm`".into(),
+            )
+            .into());
+        }
+        if keys.key_id.owner() != self.user() {
+            return Err(TransferError::NotOwner(share));
+        }
+        let count = self.own_suppliers()?.suppliers.len() as u32;
+        let not_deleted = |reason: String| TransferError::ShareNotDeleted {
+            share: share.clone(),
+            reason,
+        };
+
+        // The key goes first: from then on members are refused, so none
+        // can add a file that the listing below would miss.
+        let removal = KeyRemoval {
+            key_id: share.clone(),
+            epoch: keys.epoch,
+            issued_unix: common::unix_now(),
+        };
+        let removal = Envelope::seal_message(self.master(), Purpose::KeyRemove, &removal)
+            .map_err(|e| SessionError::Key(e.to_string()))?;
+        let mut failures = Vec::new();
+        for position in 0..count {
+            let mut client = match self.client(position).await {
+                Ok(client) => client,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut request = tonic::Request::new(RemoveKeyRequest {
+                removal: Some(removal.to_proto()),
+            });
+            request.set_timeout(CALL_TIMEOUT);
+            match client.remove_key(request).await {
+                // Not there: removed by an earlier run.
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => failures.push(
+                    status_error(position, &self.supplier_addr(position), &status).to_string(),
+                ),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(not_deleted(format!(
+                "its key is still registered where these failed, and no file was deleted: {}",
+                failures.join("; ")
+            )));
+        }
+
+        // The owner lists and deletes without the registration.
+        let mut files = BTreeSet::new();
+        for position in 0..count {
+            let client = self.client(position).await?;
+            let addr = self.supplier_addr(position);
+            let manifests = list_manifests(client, location_proto(keys), None, position, &addr)
+                .await
+                .map_err(|e| not_deleted(format!("no file was deleted: {e}")))?;
+            // Only a manifest signed with the share's key names one of its
+            // files.
+            files.extend(manifests.into_iter().filter_map(|wire| {
+                let signed = SignedManifest::from_proto(wire).ok()?;
+                Some(signed.verify_location(&keys.public).ok()?.object_id)
+            }));
+        }
+        for (done, file) in files.iter().enumerate() {
+            let (_, failed) = self.delete_object(keys, *file, None).await?;
+            if !failed.is_empty() {
+                return Err(not_deleted(format!(
+                    "{done} of its {} files were deleted, then: {}",
+                    files.len(),
+                    failed.join("; ")
+                )));
+            }
+        }
+        Ok(ShareDeleted {
+            files: files.len(),
+            suppliers: count as usize,
+        })
+    }
+}
