@@ -123,8 +123,44 @@ struct Membership {
     keys: LocationKeys,
     /// Our own suppliers, in use again once we leave the share.
     own: Option<SupplierSet>,
-    /// Per position: until when the proof on its connection holds.
-    proved_until: Vec<tokio::sync::Mutex<Option<Instant>>>,
+    /// Per position: until when the proof on its connection holds; `None`
+    /// before the first proof, and once renewing it failed.
+    proved_until: Vec<Arc<tokio::sync::Mutex<Option<Instant>>>>,
+    /// The tasks that renew the proofs while the connections are in use
+    /// (a transfer holds its clients for as long as it runs); dropped, and
+    /// so stopped, with the membership.
+    renewals: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// Proves again on `channel` whenever the proof in `slot` is due, until
+/// proving fails (the next [`Session::channel`] then proves, or reports
+/// why it cannot).
+async fn keep_proving(
+    slot: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    channel: Channel,
+    keys: LocationKeys,
+    master: Arc<PrivateKey>,
+    entry: SupplierEntry,
+) {
+    loop {
+        let Some(due) = *slot.lock().await else {
+            return;
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let mut until = slot.lock().await;
+        // `Session::channel` may have proved meanwhile.
+        if until.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        match prove(channel.clone(), &keys, &master, &entry).await {
+            Ok(next) => *until = Some(next),
+            Err(error) => {
+                tracing::debug!(position = entry.position, %error, "the proof of the share key was not renewed");
+                *until = None;
+                return;
+            }
+        }
+    }
 }
 
 impl Session {
@@ -252,8 +288,9 @@ impl Session {
             keys: keys.clone(),
             own,
             proved_until: (0..set.suppliers.len())
-                .map(|_| tokio::sync::Mutex::new(None))
+                .map(|_| Arc::new(tokio::sync::Mutex::new(None)))
                 .collect(),
+            renewals: std::sync::Mutex::default(),
         });
         self.suppliers = Some(set);
         Ok(())
@@ -277,7 +314,7 @@ impl Session {
 
     /// The channel to the supplier at a position, connecting on first use.
     /// In another user's share it carries a proof that we hold the share's
-    /// key, renewed before it lapses.
+    /// key, renewed in the background before it lapses.
     pub async fn channel(&self, position: u32) -> Result<Channel, SessionError> {
         let set = self.suppliers()?;
         let missing = || SessionError::Key(format!("no supplier at position {position}"));
@@ -290,19 +327,35 @@ impl Session {
                 .get(position as usize)
                 .ok_or_else(missing)?;
             let mut until = slot.lock().await;
+            let renewing = until.is_some();
             if until.is_none_or(|t| Instant::now() >= t) {
                 *until = Some(prove(channel.clone(), &member.keys, &self.master, entry).await?);
+                if !renewing && let Ok(mut renewals) = member.renewals.lock() {
+                    renewals.spawn(keep_proving(
+                        slot.clone(),
+                        channel.clone(),
+                        member.keys.clone(),
+                        self.master.clone(),
+                        entry.clone(),
+                    ));
+                }
             }
         }
         Ok(channel)
     }
 
     /// A new connection to the supplier of `entry`, which must prove its
-    /// node ID.
+    /// node ID. In another user's share it is never re-opened: a supplier
+    /// keeps our proof of the share key per connection, so a new one would
+    /// be refused; a supplier whose connection closed counts as unreachable
+    /// for the rest of the session, as any other would.
     async fn dial(&self, entry: &SupplierEntry) -> Result<Channel, SessionError> {
-        self.dialer
-            .connect(&entry.addr, Some(entry.node_id))
-            .await
+        let connecting = if self.member.is_some() {
+            self.dialer.connect_once(&entry.addr, entry.node_id).await
+        } else {
+            self.dialer.connect(&entry.addr, Some(entry.node_id)).await
+        };
+        connecting
             .map(|connection| connection.channel)
             .map_err(|e| SessionError::Unreachable {
                 position: entry.position,
@@ -911,8 +964,8 @@ async fn prove(
         ));
     }
     if challenge.epoch != keys.epoch {
-        return Err(SessionError::Key(format!(
-            "the owner's suppliers want the key of {} at epoch {}, and ours is epoch {}: ask {} for the current key",
+        return Err(refused(format!(
+            "it wants the key of {} at epoch {}, and ours is epoch {}: ask {} for the current key",
             keys.key_id,
             challenge.epoch,
             keys.epoch,
@@ -940,10 +993,10 @@ async fn prove(
     let proved = client.prove(request).await.map_err(|s| {
         if s.code() == tonic::Code::PermissionDenied {
             refused(format!(
-                "{}: the key we hold is not the one {} registered for {}",
+                "{}: our proof of {} was not accepted; the key we hold may not be the one {} registered",
                 s.message(),
-                keys.key_id.owner(),
-                keys.key_id
+                keys.key_id,
+                keys.key_id.owner()
             ))
         } else {
             status_error(position, addr, &s)

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use common::crypto::Purpose;
 use common::envelope::Envelope;
-use common::manifest::SignedManifest;
+use common::manifest::ObjectId;
+use prost::Message;
 use proto::storage::v1::{KeyRemoval, RemoveKeyRequest};
 
 use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
@@ -22,14 +23,44 @@ pub struct ShareDeleted {
 }
 
 impl Session {
+    /// Every object any of our suppliers lists in the location of `keys`.
+    /// A manifest whose signatures do not check is counted too: deleting in
+    /// our own location can only remove what we mean to remove, and a file
+    /// left behind would take quota nobody could free.
+    async fn listed_objects(&self, keys: &LocationKeys) -> Result<BTreeSet<ObjectId>, String> {
+        let mut objects = BTreeSet::new();
+        for position in 0..self
+            .own_suppliers()
+            .map_err(|e| e.to_string())?
+            .suppliers
+            .len() as u32
+        {
+            let client = self.client(position).await.map_err(|e| e.to_string())?;
+            let addr = self.supplier_addr(position);
+            let manifests = list_manifests(client, location_proto(keys), None, position, &addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            for wire in manifests {
+                let object = proto::storage::v1::Manifest::decode(wire.body.as_slice())
+                    .ok()
+                    .and_then(|body| ObjectId::from_slice(&body.object_id).ok())
+                    .ok_or_else(|| {
+                        format!("supplier at position {position} lists a manifest without a readable object ID")
+                    })?;
+                objects.insert(object);
+            }
+        }
+        Ok(objects)
+    }
+
     /// Deletes the share of `keys`, one of ours: first the registration of
     /// its key on every supplier, so that members are refused from then on,
     /// then every version of every file in it.
     ///
     /// A failure leaves what was done done, and running this again finishes
     /// the job; no file is deleted until every supplier dropped the key and
-    /// listed the share, so that none is missed. The key stays in the
-    /// keystore; the caller drops it once this succeeded.
+    /// listed the share, and it succeeds only once none lists anything. The
+    /// key stays in the keystore; the caller drops it once this succeeded.
     pub async fn delete_share(&self, keys: &LocationKeys) -> Result<ShareDeleted, TransferError> {
         let share = keys.key_id.to_string();
         if keys.key_id.is_master() {
@@ -86,20 +117,10 @@ impl Session {
         }
 
         // The owner lists and deletes without the registration.
-        let mut files = BTreeSet::new();
-        for position in 0..count {
-            let client = self.client(position).await?;
-            let addr = self.supplier_addr(position);
-            let manifests = list_manifests(client, location_proto(keys), None, position, &addr)
-                .await
-                .map_err(|e| not_deleted(format!("no file was deleted: {e}")))?;
-            // Only a manifest signed with the share's key names one of its
-            // files.
-            files.extend(manifests.into_iter().filter_map(|wire| {
-                let signed = SignedManifest::from_proto(wire).ok()?;
-                Some(signed.verify_location(&keys.public).ok()?.object_id)
-            }));
-        }
+        let files = self
+            .listed_objects(keys)
+            .await
+            .map_err(|e| not_deleted(format!("no file was deleted: {e}")))?;
         for (done, file) in files.iter().enumerate() {
             let (_, failed) = self.delete_object(keys, *file, None).await?;
             if !failed.is_empty() {
@@ -109,6 +130,17 @@ impl Session {
                     failed.join("; ")
                 )));
             }
+        }
+        let left = self
+            .listed_objects(keys)
+            .await
+            .map_err(|e| not_deleted(format!("its files were deleted, then: {e}")))?;
+        if !left.is_empty() {
+            return Err(not_deleted(format!(
+                "{} files are still listed after deleting {}",
+                left.len(),
+                files.len()
+            )));
         }
         Ok(ShareDeleted {
             files: files.len(),

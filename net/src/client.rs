@@ -1,6 +1,7 @@
 //! Dialling other nodes: resolve, TCP, TLS 1.3 with our certificate, and
 //! a check that the peer is the node we meant to reach.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,17 +67,44 @@ impl Dialer {
         addr: &str,
         expected: Option<NodeId>,
     ) -> Result<Connection, NetError> {
+        self.open(addr, expected, true).await
+    }
+
+    /// [`Dialer::connect`] to the node `expected`, on one connection only:
+    /// once it closes, the channel fails every call (`UNAVAILABLE`) rather
+    /// than open another. For state a peer keeps per connection, such as a
+    /// proof of a share key, which a new connection would silently lack.
+    ///
+    /// Cancel-safe: dropping the future abandons the attempt.
+    pub async fn connect_once(&self, addr: &str, expected: NodeId) -> Result<Connection, NetError> {
+        self.open(addr, Some(expected), false).await
+    }
+
+    async fn open(
+        &self,
+        addr: &str,
+        expected: Option<NodeId>,
+        reconnect: bool,
+    ) -> Result<Connection, NetError> {
         let addrs = self.resolver.resolve(addr).await?;
         let config = Arc::new(self.identity.client_config(expected)?);
         let connector = TlsConnector::from(config);
         let seen: Arc<Mutex<Option<PeerIdentity>>> = Arc::default();
         let timeout = self.connect_timeout;
         let slot = seen.clone();
+        let connected = Arc::new(AtomicBool::new(false));
         let dial = tower::service_fn(move |_uri: http::Uri| {
             let addrs = addrs.clone();
             let connector = connector.clone();
             let slot = slot.clone();
+            let connected = connected.clone();
             async move {
+                if !reconnect && connected.load(Ordering::Acquire) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "the connection closed, and what was set up on it would not carry over to a new one",
+                    ));
+                }
                 let attempt = async {
                     let tcp = connect_any(&addrs).await?;
                     let _ = tcp.set_nodelay(true);
@@ -96,6 +124,7 @@ impl Dialer {
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(peer);
                     }
+                    connected.store(true, Ordering::Release);
                     Ok::<_, std::io::Error>(TokioIo::new(tls))
                 };
                 tokio::time::timeout(timeout, attempt).await.map_err(|_| {

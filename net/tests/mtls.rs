@@ -68,7 +68,10 @@ impl Drop for TestServer {
 }
 
 async fn serve(identity: TlsIdentity) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), identity)
+}
+
+fn serve_on(listener: TcpListener, identity: TlsIdentity) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let config = Arc::new(identity.server_config().unwrap());
@@ -249,4 +252,72 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// One ping on `channel`.
+async fn call(channel: &tonic::transport::Channel) -> Result<(), Status> {
+    let mut request = Request::new(PingRequest {});
+    request.set_timeout(Duration::from_secs(5));
+    PeerClient::new(channel.clone())
+        .ping(request)
+        .await
+        .map(drop)
+}
+
+/// Waits (up to 10 s) until `call` on `channel` gives `Ok` (`want`) or an
+/// error (`!want`).
+async fn until(channel: &tonic::transport::Channel, want: bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while call(channel).await.is_ok() != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the channel never became {}",
+            if want { "usable" } else { "unusable" }
+        )
+    });
+}
+
+#[tokio::test]
+async fn a_one_connection_channel_is_not_reopened_when_its_peer_comes_back() {
+    let server = serve(TlsIdentity::generate(&SERVER).unwrap()).await;
+    let addr = server.addr;
+    let server_id = SERVER.public_key().node_id();
+    let client = dialer(TlsIdentity::generate(&CLIENT).unwrap());
+    let lasting = client
+        .connect(&addr.to_string(), Some(server_id))
+        .await
+        .unwrap()
+        .channel;
+    let once = client
+        .connect_once(&addr.to_string(), server_id)
+        .await
+        .unwrap()
+        .channel;
+    call(&lasting).await.unwrap();
+    call(&once).await.unwrap();
+
+    // The peer goes away and comes back on the same address.
+    drop(server);
+    until(&once, false).await;
+    let listener = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return listener,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the old listener never let go of its address");
+    let _server = serve_on(listener, TlsIdentity::generate(&SERVER).unwrap());
+
+    // The ordinary channel reconnects; the one-connection channel stays
+    // closed, whatever the peer would accept.
+    until(&lasting, true).await;
+    let status = call(&once).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
 }

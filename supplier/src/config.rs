@@ -62,6 +62,10 @@ pub struct Config {
     /// How often staged fragments are collected.
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
+    /// How long a member's proof of a share key holds on its connection
+    /// (1 s to 1 day); members prove again before it lapses.
+    #[serde(with = "humantime_serde")]
+    pub grant_ttl: Duration,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             max_customers: 10_000,
             staged_ttl: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(60),
+            grant_ttl: Duration::from_secs(300),
         }
     }
 }

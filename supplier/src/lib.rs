@@ -20,6 +20,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::crypto::PrivateKey;
 use common::id::{IdHost, NodeId};
@@ -147,6 +148,12 @@ pub struct Supplier {
 impl Supplier {
     /// Opens the store and starts serving on `config.listen`.
     pub async fn spawn(config: Config) -> Result<Self, Error> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&config.grant_ttl) {
+            return Err(Error::Config(format!(
+                "grant_ttl must be between 1s and 1day, not {}",
+                humantime::format_duration(config.grant_ttl)
+            )));
+        }
         let master = load_node_key(&config.data)?;
         let node_id = master.public_key().node_id();
         // One certificate serves the port and every outgoing connection.
@@ -205,6 +212,7 @@ impl Supplier {
                 max_fragment_bytes: config.max_fragment.as_u64(),
                 keep_versions: config.keep_versions,
                 max_customers: config.max_customers,
+                grant_ttl: config.grant_ttl,
                 ..StorageLimits::default()
             },
             NameCheck {

@@ -15,6 +15,22 @@ use tempfile::TempDir;
 /// How long the harness waits for anything.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Settings every supplier of a [`TestNet`] gets, beyond
+/// [`Config::for_tests`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a member's proof of a share key holds.
+    pub grant_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            grant_ttl: Config::default().grant_ttl,
+        }
+    }
+}
+
 /// A network of suppliers; the first also serves identities.
 #[derive(Debug)]
 pub struct TestNet {
@@ -22,12 +38,18 @@ pub struct TestNet {
     addrs: Vec<SocketAddr>,
     dirs: Vec<TempDir>,
     homes: TempDir,
+    options: Options,
 }
 
 impl TestNet {
     /// Starts `n` suppliers; the first starts the DHT and the others join
     /// it. Returns once the first knows every other one.
     pub async fn spawn(n: usize) -> Result<Self> {
+        Self::spawn_with(n, Options::default()).await
+    }
+
+    /// [`TestNet::spawn`] with `options`.
+    pub async fn spawn_with(n: usize, options: Options) -> Result<Self> {
         let mut suppliers = Vec::new();
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut dirs = Vec::new();
@@ -35,6 +57,7 @@ impl TestNet {
             let dir = tempfile::tempdir()?;
             supplier::init_data_dir(dir.path(), 2048)?;
             let mut config = Config::for_tests(dir.path());
+            config.grant_ttl = options.grant_ttl;
             if let Some(first) = addrs.first() {
                 config.bootstrap = vec![first.to_string()];
             }
@@ -49,6 +72,7 @@ impl TestNet {
             addrs,
             dirs,
             homes: tempfile::tempdir()?,
+            options,
         };
         net.wait_joined().await?;
         Ok(net)
@@ -112,6 +136,7 @@ impl TestNet {
     /// Starts supplier `i` again on its old address, with its data.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         let mut config = Config::for_tests(self.dirs[i].path());
+        config.grant_ttl = self.options.grant_ttl;
         config.listen = self.addrs[i];
         config.identity_server = i == 0;
         if i > 0 {

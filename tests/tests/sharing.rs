@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::crypto::PrivateKey;
 use common::id::KeyId;
@@ -13,20 +14,34 @@ use customer::pipeline::NormalPath;
 use customer::session::{LocationKeys, Session, SessionError};
 use customer::suppliers::SupplierSet;
 use customer::transfer::{TransferError, newest, next_versions};
-use tests::TestNet;
+use proto::common::v1::Location;
+use proto::storage::v1::ListManifestsRequest;
+use proto::storage::v1::storage_client::StorageClient;
+use tests::{Options, TestNet};
 
-/// Hires every supplier of `net` for `customer`, 2+1, and publishes the set.
-async fn hire_all(net: &TestNet, customer: &mut Session) {
-    let entries = customer.hire(&net.addrs(), 1 << 30).await.unwrap();
+/// Hires the first `count` suppliers of `net` for `customer`, one of them
+/// for parity, and publishes the set.
+async fn hire(net: &TestNet, customer: &mut Session, count: usize) -> SupplierSet {
+    let entries = customer.hire(&net.addrs()[..count], 1 << 28).await.unwrap();
     let set = SupplierSet {
-        data: 2,
+        data: entries.len() as u32 - 1,
         parity: 1,
         suppliers: entries,
     };
     set.save(customer.home().dir()).unwrap();
-    customer.set_suppliers(set);
+    customer.set_suppliers(set.clone());
     customer.set_block_size(64 * 1024);
     customer.publish_suppliers().await.unwrap();
+    set
+}
+
+/// Alice's share `holiday`, registered with her suppliers, and its key.
+async fn holiday(alice: &Session) -> (LocationKeys, PrivateKey) {
+    let key_id: KeyId = format!("holiday${}", alice.user()).parse().unwrap();
+    let key = PrivateKey::generate(2048).unwrap();
+    let keys = give(alice, &key_id, &key);
+    assert!(alice.register_location(&keys).await.unwrap().is_empty());
+    (keys, key)
 }
 
 /// Stores `key` under `key_id` in `customer`'s keystore, as an import.
@@ -84,18 +99,9 @@ async fn a_member_reads_and_writes_a_share_and_a_stranger_gets_nothing() {
     let mut net = TestNet::spawn(3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut alice = net.customer("alice").await.unwrap();
-    hire_all(&net, &mut alice).await;
-
-    let key_id: KeyId = format!("holiday${}", alice.user()).parse().unwrap();
-    let key = PrivateKey::generate(2048).unwrap();
-    let owner_keys = give(&alice, &key_id, &key);
-    assert!(
-        alice
-            .register_location(&owner_keys)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    hire(&net, &mut alice, 3).await;
+    let (owner_keys, key) = holiday(&alice).await;
+    let key_id = owner_keys.key_id.clone();
     let photo: Vec<u8> = (0..200_000).map(|_| rand::random::<u8>()).collect();
     put(&alice, &owner_keys, dir.path(), "beach.jpg", &photo).await;
     // Her master location is hers alone.
@@ -105,12 +111,16 @@ async fn a_member_reads_and_writes_a_share_and_a_stranger_gets_nothing() {
         .unwrap();
     put(&alice, &master_keys, dir.path(), "diary.txt", &secret).await;
 
-    // Bob, who hired no suppliers of his own, is handed the key.
+    // Bob, who has suppliers of his own (two of Alice's), is handed the key.
     let mut bob = net.customer("bob").await.unwrap();
+    let bob_own = hire(&net, &mut bob, 2).await;
     let bob_keys = give(&bob, &key_id, &key);
     bob.enter(&bob_keys).await.unwrap();
     assert_eq!(bob.share(), Some(&key_id));
-    assert_eq!(bob.suppliers().unwrap().suppliers.len(), 3);
+    assert_eq!(
+        bob.suppliers().unwrap().suppliers,
+        alice.suppliers().unwrap().suppliers
+    );
     assert_eq!(get(&bob, &bob_keys, dir.path(), "beach.jpg").await, photo);
 
     // He writes too, on Alice's suppliers, and she reads what he wrote.
@@ -147,6 +157,19 @@ async fn a_member_reads_and_writes_a_share_and_a_stranger_gets_nothing() {
     assert!(matches!(err, TransferError::NotOwner(_)), "{err}");
     let err = bob.publish_suppliers().await.unwrap_err();
     assert!(err.to_string().contains("share of"), "{err}");
+    // Back in his own location he has his own suppliers again, and their
+    // file never changed.
+    let bob_master = bob
+        .location_keys(&bob.home().master_key_id().unwrap())
+        .unwrap();
+    bob.enter(&bob_master).await.unwrap();
+    assert_eq!(bob.share(), None);
+    assert_eq!(bob.suppliers().unwrap(), &bob_own);
+    assert_eq!(
+        SupplierSet::load(bob.home().dir()).unwrap().as_ref(),
+        Some(&bob_own)
+    );
+    bob.enter(&bob_keys).await.unwrap();
     // Alice's master location stays closed to him.
     let err = bob
         .location_keys(&KeyId::master(alice.user().clone()))
@@ -161,7 +184,7 @@ async fn a_member_reads_and_writes_a_share_and_a_stranger_gets_nothing() {
     let err = carol.versions(&forged, None).await.unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("proof refused") && text.contains("not the one"),
+        text.contains("proof refused") && text.contains("may not be the one"),
         "{text}"
     );
 
@@ -211,4 +234,62 @@ async fn a_member_reads_and_writes_a_share_and_a_stranger_gets_nothing() {
         carol.suppliers().unwrap_err(),
         SessionError::NoSuppliers
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_proofs_are_renewed_while_a_transfer_holds_its_connections() {
+    let grant_ttl = Duration::from_secs(1);
+    let net = TestNet::spawn_with(2, Options { grant_ttl }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = net.customer("alice").await.unwrap();
+    hire(&net, &mut alice, 2).await;
+    let (owner_keys, key) = holiday(&alice).await;
+    put(&alice, &owner_keys, dir.path(), "beach.jpg", b"sand").await;
+
+    let mut bob = net.customer("bob").await.unwrap();
+    let bob_keys = give(&bob, &owner_keys.key_id, &key);
+    bob.enter(&bob_keys).await.unwrap();
+    // A client taken once, as an upload or a download holds its clients
+    // for as long as it runs: calls on it keep working for three grant
+    // lifetimes.
+    let mut client = StorageClient::new(bob.channel(0).await.unwrap());
+    let request = || ListManifestsRequest {
+        location: Some(Location {
+            owner: alice.user().to_string(),
+            alias: "holiday".into(),
+        }),
+        page_size: 100,
+        ..ListManifestsRequest::default()
+    };
+    let start = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut calls = 0;
+    while start.elapsed() < 3 * grant_ttl {
+        pace.tick().await;
+        let listed = client.list_manifests(request()).await;
+        let listed = listed
+            .unwrap_or_else(|status| panic!("call {calls} after {:?}: {status}", start.elapsed()));
+        assert_eq!(listed.into_inner().manifests.len(), 1);
+        calls += 1;
+    }
+    // Whereas a connection nobody proves on is refused once its grant
+    // lapsed: leaving the share stops the renewals.
+    let channel = bob.channel(0).await.unwrap();
+    let mut idle = StorageClient::new(channel);
+    let own = bob
+        .location_keys(&bob.home().master_key_id().unwrap())
+        .unwrap();
+    bob.enter(&own).await.unwrap();
+    let refused = tokio::time::timeout(3 * grant_ttl, async {
+        loop {
+            pace.tick().await;
+            if let Err(status) = idle.list_manifests(request()).await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("the grant never lapsed");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("prove possession"), "{refused}");
 }

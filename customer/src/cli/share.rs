@@ -19,7 +19,8 @@ use super::Ctx;
 pub(crate) enum ShareCommand {
     /// Create a share: a new key (without ALIAS a random `share_<32 hex>`)
     /// registered with the suppliers you hired. Given the ALIAS of a share
-    /// you created before, registers it again with suppliers that missed it.
+    /// you created before, registers that key again with suppliers that
+    /// missed it (--label and --size apply to new keys only).
     Create {
         /// 3-50 of a-z0-9_-, starting with a letter.
         alias: Option<String>,
