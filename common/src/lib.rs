@@ -7,6 +7,7 @@
 //! - [`identity`]: identity documents, trust-on-first-use pins, backups.
 //! - [`keystore`]: one file per key, atomic and mode 0600.
 //! - [`manifest`]: file version manifests with their two signatures.
+//! - [`sealed`]: messages encrypted to a user and signed by another (grants).
 //! - [`tls`]: self-certifying mutual TLS.
 
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod keystore;
 pub mod lockfile;
 pub mod manifest;
+pub mod sealed;
 pub mod tls;
 
 /// Seconds since the Unix epoch; 0 if the clock is before 1970.

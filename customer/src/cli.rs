@@ -47,7 +47,7 @@ enum Command {
     /// Hire suppliers and see how they are.
     #[command(subcommand)]
     Suppliers(suppliers::SuppliersCommand),
-    /// Create, list and delete shares.
+    /// Create, list, grant and delete shares.
     #[command(subcommand)]
     Share(share::ShareCommand),
     /// Upload a file or directory: LOCAL [REMOTE], REMOTE being
@@ -77,6 +77,9 @@ enum Command {
     },
     /// Identity, suppliers and their health, and the DHT as seen from here.
     Status,
+    /// Run until stopped: answer online checks and key audits, and receive
+    /// the shares others grant you.
+    Daemon,
 }
 
 /// Global options every command sees.
@@ -218,7 +221,43 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Ls { location } => files::ls(&ctx, location).await,
         Command::Rm { remote } => files::rm(&ctx, remote).await,
         Command::Status => suppliers::status(&ctx).await,
+        Command::Daemon => daemon(&ctx).await,
     }
+}
+
+/// `silt daemon`: serves on the configured listen address until SIGINT or
+/// SIGTERM.
+async fn daemon(ctx: &Ctx) -> Result<()> {
+    let config = ctx.home.config()?;
+    let session = std::sync::Arc::new(session(ctx)?);
+    if session.identity().document().endpoints.is_empty() {
+        ctx.out.warn(format_args!(
+            "your identity advertises no address (listen is {}), so nobody can reach this daemon; run `silt init` with --listen HOST:PORT",
+            config.listen
+        ));
+    }
+    if let Err(e) = session.ensure_published().await {
+        ctx.out
+            .warn(format_args!("could not publish your identity: {e}"));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let daemon = customer::daemon::Daemon::spawn(session.clone(), listener)?;
+    ctx.out.print(
+        format!("daemon of {} listening on {}", session.user(), daemon.local_addr()),
+        serde_json::json!({ "user_id": session.user().to_string(), "listen": daemon.local_addr().to_string() }),
+    );
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
+        }
+    }
+    daemon.shutdown().await;
+    Ok(())
 }
 
 /// Opens a session: the home's master key (asking for its passphrase if it

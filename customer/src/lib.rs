@@ -1,6 +1,8 @@
 //! `silt`: the Silt customer. The library holds what the CLI and the daemon
 //! share; `main.rs` and `cli/` are the command line.
 //!
+//! - [`daemon`]: `silt daemon`, which answers online checks and key audits and receives grants.
+//! - [`grant`]: handing a share's key to another user's daemon.
 //! - [`home`]: the home directory: config, identity, keystore, pins, state.
 //! - [`idserver`]: publishing and fetching identity documents.
 //! - [`pipeline`]: the data path: object IDs, block sealing, erasure coding, streaming.
@@ -11,6 +13,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod daemon;
+pub mod grant;
 pub mod home;
 pub use net::idserver;
 pub mod pipeline;

@@ -221,6 +221,11 @@ impl Session {
         &self.home
     }
 
+    /// Our dialer, presenting our master key.
+    pub(crate) fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// The suppliers in use: the hired ones, or after [`Session::enter`] into
     /// another user's share, that owner's.
     pub fn suppliers(&self) -> Result<&SupplierSet, SessionError> {

@@ -859,3 +859,149 @@ async fn a_share_is_created_handed_over_and_used_from_the_command_line() {
     let err = fails(&silt(&bob, &["ls", &format!("{key_id}:")]));
     assert!(err.contains("not authorized for this location"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_is_granted_to_a_running_daemon_from_the_command_line() {
+    use std::io::BufRead;
+
+    let server = IdServer::start().await;
+    let other = IdServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice");
+    init(&alice, "alice", &server.addr());
+    ok(&silt(
+        &alice,
+        &[
+            "suppliers",
+            "hire",
+            "--supplier",
+            &server.addr(),
+            "--supplier",
+            &other.addr(),
+        ],
+    ));
+    let created = json(&silt(
+        &alice,
+        &["--json", "share", "create", "holiday", "--size", "2048"],
+    ));
+    let key_id = created["key_id"].as_str().unwrap().to_owned();
+    let file = dir.path().join("plan.txt");
+    fs::write(&file, b"meet at noon").unwrap();
+    ok(&silt(
+        &alice,
+        &["put", file.to_str().unwrap(), &format!("{key_id}:plan.txt")],
+    ));
+
+    // Bob's daemon needs an address his identity can advertise: a port
+    // this test binds and lets go of for it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bob = dir.path().join("bob");
+    let listen = format!("127.0.0.1:{port}");
+    let bob_id = json(&silt(
+        &bob,
+        &[
+            "--json",
+            "init",
+            "--name",
+            "bob",
+            "--id-server",
+            &server.addr(),
+            "--bootstrap",
+            &server.addr(),
+            "--listen",
+            &listen,
+            "--key-size",
+            "2048",
+        ],
+    ))["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Not running yet: the grant stops at its first step.
+    let err = fails(&silt(&alice, &["share", "grant", "holiday", &bob_id]));
+    assert!(
+        err.contains("step 1") && err.contains("silt daemon"),
+        "{err}"
+    );
+    let err = fails(&silt(&alice, &["share", "grant", "holiday", "not a user"]));
+    assert!(err.contains("is not a user ID"), "{err}");
+
+    /// Kills the daemon if the test ends early.
+    struct Running(Option<std::process::Child>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_silt"))
+        .args(["daemon"])
+        .env("SILT_HOME", &bob)
+        .env_remove("SILT_PASSPHRASE")
+        .env_remove("SILT_PASSPHRASE_FILE")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = daemon.stdout.take().unwrap();
+    let pid = daemon.id();
+    let mut running = Running(Some(daemon));
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        }),
+    )
+    .await
+    .expect("the daemon never said it was listening")
+    .unwrap()
+    .unwrap();
+    assert!(first.contains(&format!("listening on {listen}")), "{first}");
+
+    let granted = json(&silt(
+        &alice,
+        &["--json", "share", "grant", "holiday", &bob_id],
+    ));
+    assert_eq!(granted["files"], 1, "{granted}");
+    assert_eq!(granted["endpoint"], listen.as_str(), "{granted}");
+    let shares = json(&silt(&bob, &["--json", "share", "list"]));
+    assert_eq!(shares["shares"][0]["key_id"], key_id.as_str(), "{shares}");
+    assert!(
+        shares["shares"][0]["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("received from alice@"),
+        "{shares}"
+    );
+    let out = dir.path().join("bob-plan.txt");
+    ok(&silt(
+        &bob,
+        &["get", &format!("{key_id}:plan.txt"), out.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(&out).unwrap(), b"meet at noon");
+
+    // SIGTERM stops it cleanly.
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut daemon = running.0.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

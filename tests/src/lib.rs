@@ -4,9 +4,11 @@
 //! [`TestNet`] stops everything.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use customer::daemon::Daemon;
 use customer::home::{Home, InitOptions};
 use customer::session::Session;
 use supplier::{Config, Supplier};
@@ -107,8 +109,25 @@ impl TestNet {
     }
 
     /// A customer named `name` with the first supplier as identity server
-    /// and DHT seed; its identity is published.
+    /// and DHT seed; its identity is published. It runs no daemon (its
+    /// identity advertises 127.0.0.1:7700, where none listens).
     pub async fn customer(&self, name: &str) -> Result<Session> {
+        self.customer_at(name, "127.0.0.1:7700".parse()?).await
+    }
+
+    /// [`TestNet::customer`] with its daemon running, on a port bound
+    /// before its identity was made, so that the identity advertises it.
+    /// The daemon has a session of its own on the same home.
+    pub async fn customer_with_daemon(&self, name: &str) -> Result<(Session, Daemon)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let session = self.customer_at(name, listener.local_addr()?).await?;
+        let home = session.home().clone();
+        let own = Session::open(home.clone(), home.master_key(None)?)?;
+        let daemon = Daemon::spawn(Arc::new(own), listener)?;
+        Ok((session, daemon))
+    }
+
+    async fn customer_at(&self, name: &str, listen: SocketAddr) -> Result<Session> {
         let seed = self.addrs[0];
         let home = Home::new(self.homes.path().join(name));
         home.init(
@@ -116,7 +135,7 @@ impl TestNet {
                 user_id: format!("{name}@127.0.0.1_{}", seed.port()).parse()?,
                 id_server: seed.to_string(),
                 bootstrap: vec![seed.to_string()],
-                listen: "127.0.0.1:7700".parse()?,
+                listen,
             },
             2048,
             None,

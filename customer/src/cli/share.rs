@@ -1,15 +1,15 @@
-//! `silt share`: create, list and delete shares.
+//! `silt share`: create, list, grant and delete shares.
 //!
 //! A share is a location with a key of its own, `alias$owner`. Its data
 //! lives on the owner's suppliers, which serve it to whoever proves they
-//! hold its private key. Today that key is handed over by hand
-//! (`silt key export --private`, then `silt key import` on the other side);
-//! see `docs/design/sharing.md`.
+//! hold its private key. `silt share grant` hands that key to another
+//! user's daemon; `silt key export --private` and `silt key import` do it by
+//! hand. See `docs/design/sharing.md`.
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use common::crypto::PrivateKey;
-use common::id::KeyId;
+use common::id::{KeyId, UserId};
 use common::keystore::{KeyKind, KeyMeta, NewKey, Origin};
 use serde_json::json;
 
@@ -33,6 +33,13 @@ pub(crate) enum ShareCommand {
     },
     /// List the shares you created and those whose key you were given.
     List,
+    /// Give a share's key to USER, whose `silt daemon` must be running.
+    Grant {
+        /// `alias$user@idhost`, or an alias of your own.
+        share: String,
+        /// `user@idhost`.
+        user: String,
+    },
     /// Delete one of your shares: every file in it on every supplier, then
     /// its key, so that nobody can use it any more.
     Delete {
@@ -49,8 +56,27 @@ pub(crate) async fn run(ctx: &Ctx, command: ShareCommand) -> Result<()> {
     match command {
         ShareCommand::Create { alias, label, size } => create(ctx, alias, label, size).await,
         ShareCommand::List => list(ctx),
+        ShareCommand::Grant { share, user } => grant(ctx, &share, &user).await,
         ShareCommand::Delete { share, yes } => delete(ctx, &share, yes).await,
     }
+}
+
+async fn grant(ctx: &Ctx, share: &str, user: &str) -> Result<()> {
+    let key_id = ctx.key_id(share)?;
+    let user: UserId = user
+        .parse()
+        .with_context(|| format!("{user:?} is not a user ID (user@idhost)"))?;
+    let session = super::session(ctx)?;
+    let keys = session.location_keys(&key_id)?;
+    let granted = session.grant(&keys, &user).await?;
+    ctx.out.print(
+        format!(
+            "granted {key_id} to {user} (their daemon at {}; {} files in the share)",
+            granted.endpoint, granted.files
+        ),
+        json!({ "granted": key_id.to_string(), "user": user.to_string(), "endpoint": granted.endpoint, "files": granted.files }),
+    );
+    Ok(())
 }
 
 async fn delete(ctx: &Ctx, share: &str, yes: bool) -> Result<()> {

@@ -1,0 +1,282 @@
+//! Granting a share (DESIGN.md §7): handing one of our share keys to
+//! another user's daemon, which must be online. Each step that fails fails
+//! the grant with an error that names the step.
+//!
+//! 1. Find the recipient's identity (their identity server, else the DHT),
+//!    checked against our pins, and reach the daemon at the address it
+//!    advertises: the TLS handshake must prove their master key, and `Ping`
+//!    must answer with their name.
+//! 2. Audit their master key: they sign our fresh nonce with it.
+//! 3. Register the share's public key with our suppliers (at least `k`).
+//! 4. List the share's files, whose names go with the key.
+//! 5. Deliver the key, sealed to their master key and signed by ours.
+
+use common::audit;
+use common::crypto::Purpose;
+use common::id::{KeyId, UserId};
+use common::identity::SignedIdentity;
+use common::sealed::{self, KIND_GRANT};
+use prost::Message;
+use proto::peer::v1::peer_client::PeerClient;
+use proto::peer::v1::{AuditPrivateKeyRequest, DeliverRequest, PingRequest};
+use tonic::transport::Channel;
+
+use crate::idserver::{self, IdServerError};
+use crate::session::{CALL_TIMEOUT, LocationKeys, Session};
+use crate::transfer::catalog;
+
+/// Why a grant failed, by step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    /// Not a share of ours.
+    #[error("{0}")]
+    NotGrantable(String),
+    /// Step 1.
+    #[error("step 1 (reaching {user}'s daemon) failed: {reason}")]
+    Offline {
+        /// The recipient.
+        user: UserId,
+        /// Why.
+        reason: String,
+    },
+    /// Step 2.
+    #[error("step 2 (auditing {user}'s master key) failed: {reason}")]
+    Audit {
+        /// The recipient.
+        user: UserId,
+        /// Why.
+        reason: String,
+    },
+    /// Step 3.
+    #[error("step 3 (registering {share} with your suppliers) failed: {reason}")]
+    Register {
+        /// The share.
+        share: KeyId,
+        /// Why.
+        reason: String,
+    },
+    /// Step 4.
+    #[error("step 4 (listing the files of {share}) failed: {reason}")]
+    Listing {
+        /// The share.
+        share: KeyId,
+        /// Why.
+        reason: String,
+    },
+    /// Step 5.
+    #[error("step 5 (delivering the key to {user}) failed: {reason}")]
+    Deliver {
+        /// The recipient.
+        user: UserId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a grant did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    /// The daemon reached, `host:port`.
+    pub endpoint: String,
+    /// Files named in the grant.
+    pub files: usize,
+}
+
+impl Session {
+    /// Grants the share of `keys` (one of ours) to `recipient`.
+    pub async fn grant(
+        &self,
+        keys: &LocationKeys,
+        recipient: &UserId,
+    ) -> Result<Granted, GrantError> {
+        let share = keys.key_id.clone();
+        if share.is_master() {
+            return Err(GrantError::NotGrantable(
+                "the master location is never shared; create a share with `silt share create`"
+                    .into(),
+            ));
+        }
+        if share.owner() != self.user() {
+            return Err(GrantError::NotGrantable(format!(
+                "{share} belongs to {}; only its owner grants it",
+                share.owner()
+            )));
+        }
+        if recipient == self.user() {
+            return Err(GrantError::NotGrantable(
+                "you hold this share already".into(),
+            ));
+        }
+
+        // 1. Their identity, their daemon, and its answer.
+        let offline = |reason: String| GrantError::Offline {
+            user: recipient.clone(),
+            reason,
+        };
+        let identity = self.identity_of(recipient).await.map_err(offline)?;
+        let their_key = identity.document().master_key.clone();
+        let (endpoint, mut client) = self.reach_daemon(&identity).await.map_err(offline)?;
+        let mut ping = tonic::Request::new(PingRequest {});
+        ping.set_timeout(CALL_TIMEOUT);
+        let answered = client
+            .ping(ping)
+            .await
+            .map_err(|s| offline(s.message().to_owned()))?
+            .into_inner()
+            .user_id;
+        if answered != recipient.to_string() {
+            return Err(offline(format!("the daemon there answers as {answered}")));
+        }
+
+        // 2. They sign our nonce with their master key.
+        let audit_failed = |reason: String| GrantError::Audit {
+            user: recipient.clone(),
+            reason,
+        };
+        let nonce: [u8; 32] = rand::random();
+        let master_id = KeyId::master(recipient.clone());
+        let mut request = tonic::Request::new(AuditPrivateKeyRequest {
+            key_id: master_id.to_string(),
+            nonce: nonce.to_vec(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let signature = client
+            .audit_private_key(request)
+            .await
+            .map_err(|s| audit_failed(s.message().to_owned()))?
+            .into_inner()
+            .signature;
+        let message = audit::peer_proof(
+            &self.master().public_key().node_id(),
+            &their_key.node_id(),
+            &master_id,
+            &nonce,
+        );
+        their_key
+            .verify(Purpose::Audit, &message, &signature)
+            .map_err(|_| audit_failed("the signature is not by their master key".into()))?;
+
+        // 3. The suppliers must know the share's key before anyone proves it.
+        self.register_location(keys)
+            .await
+            .map_err(|e| GrantError::Register {
+                share: share.clone(),
+                reason: e.to_string(),
+            })?;
+
+        // 4. The names of the files already there.
+        let listing = |reason: String| GrantError::Listing {
+            share: share.clone(),
+            reason,
+        };
+        let (versions, _) = self
+            .versions(keys, None)
+            .await
+            .map_err(|e| listing(e.to_string()))?;
+        let file_names: Vec<String> = catalog(keys, &versions)
+            .map_err(|e| listing(e.to_string()))?
+            .into_iter()
+            .map(|listed| listed.entry.path)
+            .collect();
+
+        // 5. The key, sealed to them and signed by us.
+        let delivery_failed = |reason: String| GrantError::Deliver {
+            user: recipient.clone(),
+            reason,
+        };
+        let label = self
+            .home()
+            .keystore()
+            .ok()
+            .and_then(|keystore| keystore.load_public(&share).ok())
+            .map(|(_, meta)| meta.label)
+            .unwrap_or_default();
+        let private_key = keys
+            .private
+            .to_pkcs8_der()
+            .map_err(|e| delivery_failed(e.to_string()))?;
+        let mut grant = proto::common::v1::Grant {
+            key_id: share.to_string(),
+            private_key: private_key.to_vec(),
+            epoch: keys.epoch,
+            label,
+            file_names: file_names.clone(),
+        };
+        let plaintext = zeroize::Zeroizing::new(grant.encode_to_vec());
+        zeroize::Zeroize::zeroize(&mut grant.private_key);
+        let envelope = sealed::seal(
+            self.user(),
+            self.master(),
+            recipient,
+            &their_key,
+            KIND_GRANT,
+            &plaintext,
+            common::unix_now(),
+        )
+        .map_err(|e| delivery_failed(e.to_string()))?;
+        let mut request = tonic::Request::new(DeliverRequest {
+            message: Some(envelope.to_proto()),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        client
+            .deliver(request)
+            .await
+            .map_err(|s| delivery_failed(s.message().to_owned()))?;
+        Ok(Granted {
+            endpoint,
+            files: file_names.len(),
+        })
+    }
+
+    /// `user`'s identity: from their identity server, else from the DHT;
+    /// either way checked against (or pinned as) their key.
+    async fn identity_of(&self, user: &UserId) -> Result<SignedIdentity, String> {
+        match idserver::fetch(self.dialer(), &user.idhost().server_addr(), user).await {
+            Ok(identity) => {
+                self.home()
+                    .pins()
+                    .check(user, &identity.document().master_key)
+                    .map_err(|e| e.to_string())?;
+                Ok(identity)
+            }
+            Err(IdServerError::Unreachable { .. }) => self
+                .identity_from_dht(user)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Connects to the first endpoint of `identity` that answers as its
+    /// master key.
+    async fn reach_daemon(
+        &self,
+        identity: &SignedIdentity,
+    ) -> Result<(String, PeerClient<Channel>), String> {
+        let document = identity.document();
+        if document.endpoints.is_empty() {
+            return Err(format!(
+                "{} advertises no address for their daemon",
+                document.user_id
+            ));
+        }
+        let mut reasons = Vec::new();
+        for endpoint in &document.endpoints {
+            match self
+                .dialer()
+                .connect_once(endpoint, document.master_key.node_id())
+                .await
+            {
+                Ok(connection) => {
+                    return Ok((endpoint.clone(), PeerClient::new(connection.channel)));
+                }
+                Err(e) => reasons.push(format!("{endpoint}: {e}")),
+            }
+        }
+        Err(format!(
+            "their daemon does not answer (is `silt daemon` running?): {}",
+            reasons.join("; ")
+        ))
+    }
+}
