@@ -24,6 +24,9 @@ pub const KIND_GRANT: &str = "grant";
 
 /// How far in the future a message's creation time may be (clock skew).
 const MAX_SKEW_SECS: i64 = 600;
+/// How old a message may be: long enough for one waiting in a mailbox, and
+/// no replay of an old one after that.
+pub const MAX_AGE_SECS: i64 = 30 * 86_400;
 
 /// Why a sealed message could not be made or opened.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,9 @@ pub fn open(
     }
     if message.created_unix > now.saturating_add(MAX_SKEW_SECS) {
         return Err(SealedError::Mismatch("dated in the future".into()));
+    }
+    if message.created_unix < now.saturating_sub(MAX_AGE_SECS) {
+        return Err(SealedError::Mismatch("too old".into()));
     }
     let nonce: [u8; NONCE_LEN] = message
         .nonce
@@ -261,6 +267,17 @@ mod tests {
             0,
         );
         assert!(err.to_string().contains("future"), "{err}");
+        let late = 1_000 + MAX_AGE_SECS + 1;
+        let err = open_as(
+            &envelope,
+            &alice,
+            ALICE.public_key(),
+            &bob,
+            &BOB,
+            KIND_GRANT,
+            late,
+        );
+        assert!(err.to_string().contains("too old"), "{err}");
         // Right signature, but sealed to another key than ours.
         let err = open_as(
             &envelope,

@@ -75,7 +75,8 @@ enum Command {
         /// Remote path.
         remote: String,
     },
-    /// Identity, suppliers and their health, and the DHT as seen from here.
+    /// Identity, suppliers and their health, shares, whether your daemon
+    /// answers, and the DHT as seen from here.
     Status,
     /// Run until stopped: answer online checks and key audits, and receive
     /// the shares others grant you.

@@ -5,22 +5,28 @@
 //! - `AuditPrivateKey`: a signature over the auditor's nonce with our master
 //!   key (anyone may ask), or with a share key we hold (only its owner may
 //!   ask, so that nobody else learns who holds it);
-//! - `AuditPublicKey`: a nonce-salted digest of a key we hold;
+//! - `AuditPublicKey`: a nonce-salted digest of our master key, or, for its
+//!   owner, of a share key we hold;
 //! - `Deliver`: a grant, sealed to us and signed by a share's owner, which
 //!   puts the share's private key in our keystore.
+//!
+//! Every request but `Ping` costs an RSA operation or a lookup of another
+//! user, so they are rate-limited, per peer and overall.
 //!
 //! See `docs/design/sharing.md`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use common::audit;
-use common::crypto::{PrivateKey, Purpose};
+use common::crypto::{PrivateKey, PublicKey, Purpose};
 use common::envelope::Envelope;
-use common::id::{KeyId, UserId};
+use common::id::{KeyId, NodeId, UserId};
 use common::keystore::{KeyKind, NewKey, Origin};
 use common::sealed::{self, KIND_GRANT};
 use common::tls::TlsIdentity;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message;
 use proto::peer::v1::peer_server::{Peer, PeerServer};
 use proto::peer::v1::{
@@ -33,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
+use zeroize::Zeroizing;
 
 use crate::session::Session;
 
@@ -41,6 +48,22 @@ use crate::session::Session;
 const MAX_MESSAGE: usize = 256 * 1024;
 /// Nonces auditors may send.
 const NONCE_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
+/// Longest label kept from a grant.
+const MAX_LABEL_CHARS: usize = 200;
+/// Most share keys one sender may have given us.
+const MAX_KEYS_PER_SENDER: usize = 100;
+/// How long shutdown waits for calls in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Requests that cost an RSA operation or a lookup of another user, from
+/// all peers together: a sustained rate per second, and a burst.
+const GLOBAL_PER_SECOND: u32 = 5;
+const GLOBAL_BURST: u32 = 30;
+/// The same from one peer: a sustained rate per minute, and a burst.
+const PEER_PER_MINUTE: u32 = 30;
+const PEER_BURST: u32 = 10;
+/// Peers remembered by the per-peer limit before the idle ones are dropped.
+const PEERS_REMEMBERED: usize = 4096;
 
 /// A running daemon.
 #[derive(Debug)]
@@ -62,8 +85,11 @@ impl Daemon {
             net::server::Limits::default(),
             cancel.child_token(),
         );
-        let service =
-            PeerServer::new(PeerService { session }).max_decoding_message_size(MAX_MESSAGE + 4096);
+        let service = PeerServer::new(PeerService {
+            session,
+            limits: Limits::new(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE + 4096);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -82,13 +108,18 @@ impl Daemon {
         self.local_addr
     }
 
-    /// Stops accepting, lets calls in flight finish, and returns.
-    pub async fn shutdown(self) {
+    /// Stops accepting, gives calls in flight up to 10 s to finish, and
+    /// returns.
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(error = %e, "daemon server ended with an error"),
-            Err(e) => debug!(error = %e, "daemon server task failed"),
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => debug!(error = %e, "daemon server ended with an error"),
+            Ok(Err(e)) => debug!(error = %e, "daemon server task failed"),
+            Err(_) => {
+                debug!("calls still in flight after the grace period; stopping them");
+                self.server.abort();
+            }
         }
     }
 }
@@ -117,6 +148,43 @@ fn audited(key_id: &str, nonce: &[u8]) -> Result<KeyId, Status> {
 
 struct PeerService {
     session: Arc<Session>,
+    limits: Limits,
+}
+
+/// Rate limits on the requests that cost us an RSA operation or a lookup
+/// of another user (RUSTSEC-2023-0071 asks that what remains be
+/// rate-limited): one over all peers, and one per peer.
+struct Limits {
+    global: DefaultDirectRateLimiter,
+    per_peer: DefaultKeyedRateLimiter<NodeId>,
+}
+
+impl Limits {
+    fn new() -> Self {
+        let nonzero = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        Self {
+            global: RateLimiter::direct(
+                Quota::per_second(nonzero(GLOBAL_PER_SECOND)).allow_burst(nonzero(GLOBAL_BURST)),
+            ),
+            per_peer: RateLimiter::keyed(
+                Quota::per_minute(nonzero(PEER_PER_MINUTE)).allow_burst(nonzero(PEER_BURST)),
+            ),
+        }
+    }
+
+    /// Admits one costly request from `peer`, or refuses it before any
+    /// work is done.
+    fn admit(&self, peer: &NodeId) -> Result<(), Status> {
+        if self.per_peer.len() > PEERS_REMEMBERED {
+            self.per_peer.retain_recent();
+        }
+        if self.per_peer.check_key(peer).is_err() || self.global.check().is_err() {
+            return Err(Status::resource_exhausted(
+                "too many requests; try again later",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl PeerService {
@@ -140,6 +208,30 @@ impl PeerService {
         }
     }
 
+    /// The master key of `user`, the sender of a message or the owner of a
+    /// key being audited: the one their identity server gives, checked
+    /// against our pin but not pinned, so that a stranger's request pins
+    /// nothing. No DHT fallback: a self-certifying record could carry
+    /// anyone's key under a name we never pinned. The caller learns no
+    /// details of a failure.
+    async fn key_of(&self, user: &UserId) -> Result<PublicKey, Status> {
+        let unknown = || Status::failed_precondition(format!("cannot confirm the key of {user}"));
+        let pinned = self.session.home().pins().get(user).map_err(|e| {
+            debug!(%user, error = %e, "pins unreadable");
+            unknown()
+        })?;
+        let identity = self.session.fetch_identity(user).await.map_err(|e| {
+            debug!(%user, error = %e, "identity not fetched");
+            unknown()
+        })?;
+        let key = identity.document().master_key.clone();
+        if pinned.is_some_and(|pin| pin != key.node_id()) {
+            debug!(%user, "the identity server gives another key than the pinned one");
+            return Err(unknown());
+        }
+        Ok(key)
+    }
+
     async fn deliver_grant(
         &self,
         peer: &net::PeerInfo,
@@ -155,11 +247,7 @@ impl PeerService {
         // connection must come from that same key.
         let sender = sealed::claimed_sender(&envelope)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let sender_key = self
-            .session
-            .master_key_of(&sender)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("cannot check {sender}: {e}")))?;
+        let sender_key = self.key_of(&sender).await?;
         if sender_key.node_id() != peer.node_id {
             return Err(Status::permission_denied(
                 "a grant is delivered by its sender only",
@@ -177,6 +265,7 @@ impl PeerService {
         .map_err(|e| Status::permission_denied(e.to_string()))?;
         let mut grant = proto::common::v1::Grant::decode(plaintext.as_slice())
             .map_err(|e| Status::invalid_argument(format!("malformed grant: {e}")))?;
+        let der = Zeroizing::new(std::mem::take(&mut grant.private_key));
         let key_id: KeyId = grant
             .key_id
             .parse()
@@ -186,39 +275,96 @@ impl PeerService {
                 "a grant gives a share key of its sender's own",
             ));
         }
-        let key = PrivateKey::from_pkcs8_der(&grant.private_key);
-        zeroize::Zeroize::zeroize(&mut grant.private_key);
-        let key = key.map_err(|e| Status::invalid_argument(format!("grant key: {e}")))?;
+        let key = PrivateKey::from_pkcs8_der(&der)
+            .map_err(|e| Status::invalid_argument(format!("grant key: {e}")))?;
         let keystore = self
             .session
             .home()
             .keystore()
             .map_err(|_| Status::internal("the keystore cannot be read"))?;
-        if keystore.contains(&key_id) {
-            let (held, meta) = keystore
-                .load_public(&key_id)
-                .map_err(|_| Status::internal("the keystore cannot be read"))?;
-            if meta.kind == KeyKind::Private && held == *key.public_key() {
+        // Whether we hold this key already, and whether its private part.
+        let held = || match keystore.load_public(&key_id) {
+            Ok((public, meta)) if public == *key.public_key() => {
+                Some(Ok(meta.kind == KeyKind::Private))
+            }
+            Ok(_) => Some(Err(())),
+            Err(_) => None,
+        };
+        match held() {
+            // The same key again (an owner retrying): nothing to do.
+            Some(Ok(true)) => {
                 debug!(key = %key_id, "grant for a key held already");
                 return Ok(());
             }
-            return Err(Status::already_exists(format!(
-                "another key {key_id} is here already"
-            )));
+            // Its public part only: the private part completes it.
+            Some(Ok(false)) => {}
+            Some(Err(())) => {
+                return Err(Status::already_exists(format!(
+                    "another key {key_id} is here already"
+                )));
+            }
+            None => {
+                let listing = keystore
+                    .list()
+                    .map_err(|_| Status::internal("the keystore cannot be read"))?;
+                let from_sender = listing
+                    .keys
+                    .iter()
+                    .filter(|meta| meta.origin == Origin::ReceivedFrom(sender.clone()))
+                    .count();
+                if from_sender >= MAX_KEYS_PER_SENDER {
+                    return Err(Status::resource_exhausted(format!(
+                        "{sender} has given us {from_sender} keys already"
+                    )));
+                }
+            }
         }
-        keystore
-            .add_private(
-                NewKey {
-                    key_id: key_id.clone(),
-                    label: grant.label,
-                    epoch: grant.epoch,
-                    origin: Origin::ReceivedFrom(sender.clone()),
-                },
-                &key,
-                None,
-            )
-            .map_err(|e| Status::internal(format!("cannot store the key: {e}")))?;
+        let label: String = grant
+            .label
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_LABEL_CHARS)
+            .collect();
+        let stored = keystore.add_private(
+            NewKey {
+                key_id: key_id.clone(),
+                label,
+                epoch: grant.epoch,
+                origin: Origin::ReceivedFrom(sender.clone()),
+            },
+            &key,
+            None,
+        );
+        match stored {
+            Ok(_) => {}
+            // Another delivery of the same grant got there first.
+            Err(_) if held() == Some(Ok(true)) => {}
+            Err(e) => return Err(Status::internal(format!("cannot store the key: {e}"))),
+        }
+        // Only now, for a sender whose grant we took, is its key pinned.
+        if let Err(e) = self.session.home().pins().check(&sender, &sender_key) {
+            debug!(%sender, error = %e, "sender not pinned");
+        }
         info!(key = %key_id, from = %sender, files = grant.file_names.len(), "share received");
+        Ok(())
+    }
+
+    /// For a share key, that `peer` is its owner: whether we hold a share
+    /// key is for its owner to learn, nobody else. A master key is anyone's
+    /// to audit, but only ours is here.
+    async fn check_auditor(&self, peer: &net::PeerInfo, key_id: &KeyId) -> Result<(), Status> {
+        let refused = || Status::permission_denied("only a key's owner audits it");
+        if key_id.is_master() {
+            return if key_id.owner() == self.me() {
+                Ok(())
+            } else {
+                Err(Status::not_found("no such key here"))
+            };
+        }
+        let owner = self.key_of(key_id.owner()).await.map_err(|_| refused())?;
+        if owner.node_id() != peer.node_id {
+            return Err(refused());
+        }
         Ok(())
     }
 }
@@ -238,19 +384,8 @@ impl Peer for PeerService {
         let peer = net::peer(&request)?.clone();
         let request = request.into_inner();
         let key_id = audited(&request.key_id, &request.nonce)?;
-        // Whether we hold a share key is for its owner to ask, nobody else.
-        if !key_id.is_master() {
-            let owner = self
-                .session
-                .master_key_of(key_id.owner())
-                .await
-                .map_err(|_| Status::permission_denied("only a key's owner audits it"))?;
-            if owner.node_id() != peer.node_id {
-                return Err(Status::permission_denied("only a key's owner audits it"));
-            }
-        } else if key_id.owner() != self.me() {
-            return Err(Status::not_found("no such private key here"));
-        }
+        self.limits.admit(&peer.node_id)?;
+        self.check_auditor(&peer, &key_id).await?;
         let key = self.private_key(&key_id)?;
         let message = audit::peer_proof(
             &peer.node_id,
@@ -268,9 +403,12 @@ impl Peer for PeerService {
         &self,
         request: Request<AuditPublicKeyRequest>,
     ) -> Result<Response<AuditPublicKeyResponse>, Status> {
+        let peer = net::peer(&request)?.clone();
         let request = request.into_inner();
         let key_id = audited(&request.key_id, &request.nonce)?;
-        let public = if key_id.is_master() && key_id.owner() == self.me() {
+        self.limits.admit(&peer.node_id)?;
+        self.check_auditor(&peer, &key_id).await?;
+        let public = if key_id.is_master() {
             self.session.master().public_key().clone()
         } else {
             self.session
@@ -294,6 +432,7 @@ impl Peer for PeerService {
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
         let peer = net::peer(&request)?.clone();
+        self.limits.admit(&peer.node_id)?;
         match self.deliver_grant(&peer, request.into_inner()).await {
             Ok(()) => Ok(Response::new(DeliverResponse {})),
             Err(status) => {

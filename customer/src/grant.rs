@@ -229,6 +229,33 @@ impl Session {
         })
     }
 
+    /// Whether our own daemon answers at an address our identity
+    /// advertises, and where: `None` if it advertises none.
+    pub async fn own_daemon(&self) -> Option<Result<String, String>> {
+        if self.identity().document().endpoints.is_empty() {
+            return None;
+        }
+        let (endpoint, mut client) = match self.reach_daemon(self.identity()).await {
+            Ok(reached) => reached,
+            Err(reason) => return Some(Err(reason)),
+        };
+        let mut ping = tonic::Request::new(PingRequest {});
+        ping.set_timeout(CALL_TIMEOUT);
+        Some(match client.ping(ping).await {
+            Ok(_) => Ok(endpoint),
+            Err(status) => Err(status.message().to_owned()),
+        })
+    }
+
+    /// `user`'s identity from their identity server, verified but not
+    /// checked against our pins.
+    pub(crate) async fn fetch_identity(
+        &self,
+        user: &UserId,
+    ) -> Result<SignedIdentity, IdServerError> {
+        idserver::fetch(self.dialer(), &user.idhost().server_addr(), user).await
+    }
+
     /// `user`'s identity: from their identity server, else from the DHT;
     /// either way checked against (or pinned as) their key.
     async fn identity_of(&self, user: &UserId) -> Result<SignedIdentity, String> {

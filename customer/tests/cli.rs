@@ -922,6 +922,8 @@ async fn a_share_is_granted_to_a_running_daemon_from_the_command_line() {
         .unwrap()
         .to_owned();
 
+    let status = json(&silt(&bob, &["--json", "status"]));
+    assert_eq!(status["daemon"]["running"], false, "{status}");
     // Not running yet: the grant stops at its first step.
     let err = fails(&silt(&alice, &["share", "grant", "holiday", &bob_id]));
     assert!(
@@ -970,6 +972,9 @@ async fn a_share_is_granted_to_a_running_daemon_from_the_command_line() {
     .unwrap();
     assert!(first.contains(&format!("listening on {listen}")), "{first}");
 
+    let status = json(&silt(&bob, &["--json", "status"]));
+    assert_eq!(status["daemon"]["running"], true, "{status}");
+    assert_eq!(status["daemon"]["endpoint"], listen.as_str(), "{status}");
     let granted = json(&silt(
         &alice,
         &["--json", "share", "grant", "holiday", &bob_id],

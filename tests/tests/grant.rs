@@ -15,7 +15,7 @@ use customer::suppliers::SupplierSet;
 use customer::transfer::newest;
 use prost::Message;
 use proto::peer::v1::peer_client::PeerClient;
-use proto::peer::v1::{AuditPrivateKeyRequest, DeliverRequest};
+use proto::peer::v1::{AuditPrivateKeyRequest, AuditPublicKeyRequest, DeliverRequest};
 use tests::TestNet;
 
 /// A raw client of the daemon at `addr`, as `from` (who must prove its
@@ -178,6 +178,12 @@ async fn a_granted_member_reads_the_share_and_forged_grants_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(status.message().contains("by its sender only"), "{status}");
+    // ... nor relaying a grant Alice really sealed and signed.
+    let genuine = sealed_grant(&alice, alice.user(), &bob, &fake.to_string(), &forged);
+    let status = client.deliver(genuine).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(status.message().contains("by its sender only"), "{status}");
     assert!(!bob.home().keystore().unwrap().contains(&fake));
     // Nor replace the key Bob holds with one of the same name.
     let mut from_alice = daemon_client(&alice, addr, &bob).await;
@@ -225,6 +231,64 @@ async fn a_granted_member_reads_the_share_and_forged_grants_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+
+    // Public-key audits: Bob's master key for anyone, the share's key only
+    // for Alice (and the same refusal whether or not Bob holds it).
+    let digest = |key: &common::crypto::PublicKey| {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(&nonce);
+        hasher.update(key.spki_der());
+        hasher.finalize().to_vec()
+    };
+    let public_request = |key_id: &KeyId| AuditPublicKeyRequest {
+        key_id: key_id.to_string(),
+        nonce: nonce.clone(),
+    };
+    let bob_master = KeyId::master(bob.user().clone());
+    let answer = client
+        .audit_public_key(public_request(&bob_master))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.digest, digest(bob.master().public_key()));
+    for unknown_or_held in [&key_id, &fake] {
+        let status = client
+            .audit_public_key(public_request(unknown_or_held))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+        assert!(status.message().contains("only a key's owner"), "{status}");
+    }
+    let answer = from_alice
+        .audit_public_key(public_request(&key_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.digest, digest(share_key.public_key()));
+
+    // A stranger who keeps asking is cut off before the daemon does any
+    // more RSA work for it.
+    let mut exhausted = None;
+    for _ in 0..30 {
+        if let Err(status) = client
+            .audit_private_key(AuditPrivateKeyRequest {
+                key_id: bob_master.to_string(),
+                nonce: nonce.clone(),
+            })
+            .await
+        {
+            exhausted = Some(status);
+            break;
+        }
+    }
+    let status = exhausted.expect("never limited");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    // Alice, another peer, is still served.
+    from_alice
+        .audit_public_key(public_request(&key_id))
+        .await
+        .unwrap();
 
     bob_daemon.shutdown().await;
     let err = alice.grant(&keys, bob.user()).await.unwrap_err();

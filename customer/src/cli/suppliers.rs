@@ -375,6 +375,20 @@ pub(crate) async fn status(ctx: &Ctx) -> Result<()> {
         yours.len(),
         given.len()
     ));
+    let daemon = match session.own_daemon().await {
+        None => {
+            human.push_str("daemon:    no address advertised (see `silt init --listen`)\n");
+            json!({ "running": false, "endpoint": null })
+        }
+        Some(Ok(endpoint)) => {
+            human.push_str(&format!("daemon:    running at {endpoint}\n"));
+            json!({ "running": true, "endpoint": endpoint })
+        }
+        Some(Err(reason)) => {
+            human.push_str(&format!("daemon:    not running ({reason})\n"));
+            json!({ "running": false, "endpoint": session.identity().document().endpoints.first(), "error": reason })
+        }
+    };
     let dht = match session.dht().await {
         Ok(handle) => {
             let contacts = handle.stats().await.map(|s| s.contacts).unwrap_or(0);
@@ -402,7 +416,7 @@ pub(crate) async fn status(ctx: &Ctx) -> Result<()> {
             "suppliers": suppliers,
             "shares": { "yours": yours.len(), "shared_with_you": given.len() },
             "dht": dht,
-            "daemon": "not available yet",
+            "daemon": daemon,
         }),
     );
     Ok(())
