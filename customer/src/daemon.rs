@@ -10,8 +10,9 @@
 //! - `Deliver`: a grant, sealed to us and signed by a share's owner, which
 //!   puts the share's private key in our keystore.
 //!
-//! Every request but `Ping` costs an RSA operation or a lookup of another
-//! user, so they are rate-limited, per peer and overall.
+//! Every request but `Ping` is rate-limited per peer; those that cost an
+//! RSA operation or a lookup for a peer we have not pinned also draw on a
+//! budget shared by all such strangers.
 //!
 //! See `docs/design/sharing.md`.
 
@@ -20,7 +21,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use common::audit;
-use common::crypto::{PrivateKey, PublicKey, Purpose};
+use common::crypto::{PrivateKey, Purpose};
 use common::envelope::Envelope;
 use common::id::{KeyId, NodeId, UserId};
 use common::keystore::{KeyKind, NewKey, Origin};
@@ -50,16 +51,19 @@ const MAX_MESSAGE: usize = 256 * 1024;
 const NONCE_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
 /// Longest label kept from a grant.
 const MAX_LABEL_CHARS: usize = 200;
-/// Most share keys one sender may have given us.
+/// Most share keys one sender, and all senders together, may have given us.
 const MAX_KEYS_PER_SENDER: usize = 100;
+const MAX_RECEIVED_KEYS: usize = 1000;
 /// How long shutdown waits for calls in flight.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Requests that cost an RSA operation or a lookup of another user, from
-/// all peers together: a sustained rate per second, and a burst.
+/// all peers we have not pinned together: a sustained rate per second, and
+/// a burst.
 const GLOBAL_PER_SECOND: u32 = 5;
 const GLOBAL_BURST: u32 = 30;
-/// The same from one peer: a sustained rate per minute, and a burst.
+/// Requests of any kind but `Ping` from one peer (one master key): a
+/// sustained rate per minute, and a burst.
 const PEER_PER_MINUTE: u32 = 30;
 const PEER_BURST: u32 = 10;
 /// Peers remembered by the per-peer limit before the idle ones are dropped.
@@ -172,19 +176,26 @@ impl Limits {
         }
     }
 
-    /// Admits one costly request from `peer`, or refuses it before any
-    /// work is done.
+    /// Admits one request from `peer`, or refuses it before any work is
+    /// done.
     fn admit(&self, peer: &NodeId) -> Result<(), Status> {
         if self.per_peer.len() > PEERS_REMEMBERED {
             self.per_peer.retain_recent();
         }
-        if self.per_peer.check_key(peer).is_err() || self.global.check().is_err() {
-            return Err(Status::resource_exhausted(
-                "too many requests; try again later",
-            ));
-        }
-        Ok(())
+        self.per_peer.check_key(peer).map_err(|_| exhausted())
     }
+
+    /// Admits one costly request that a stranger (a peer not pinned under
+    /// the name it speaks for) asks of us: all strangers share this budget,
+    /// since anyone can make as many keys, and so peers, as they like.
+    /// Users we pinned never wait on it.
+    fn admit_stranger(&self) -> Result<(), Status> {
+        self.global.check().map_err(|_| exhausted())
+    }
+}
+
+fn exhausted() -> Status {
+    Status::resource_exhausted("too many requests; try again later")
 }
 
 impl PeerService {
@@ -208,28 +219,35 @@ impl PeerService {
         }
     }
 
-    /// The master key of `user`, the sender of a message or the owner of a
-    /// key being audited: the one their identity server gives, checked
-    /// against our pin but not pinned, so that a stranger's request pins
-    /// nothing. No DHT fallback: a self-certifying record could carry
-    /// anyone's key under a name we never pinned. The caller learns no
-    /// details of a failure.
-    async fn key_of(&self, user: &UserId) -> Result<PublicKey, Status> {
+    /// Whether `peer` is `user`. With a pin for `user`, the pin says,
+    /// without any network. Without one, and only if `lookup` allows, their
+    /// identity server says, once the strangers' budget admits the lookup;
+    /// nothing is pinned then, so a stranger's request pins nothing, and
+    /// there is no DHT fallback (a self-certifying record could carry any
+    /// key under a name we never pinned). The caller learns no details.
+    async fn is_user(
+        &self,
+        user: &UserId,
+        peer: &net::PeerInfo,
+        lookup: bool,
+    ) -> Result<bool, Status> {
         let unknown = || Status::failed_precondition(format!("cannot confirm the key of {user}"));
         let pinned = self.session.home().pins().get(user).map_err(|e| {
             debug!(%user, error = %e, "pins unreadable");
             unknown()
         })?;
-        let identity = self.session.fetch_identity(user).await.map_err(|e| {
-            debug!(%user, error = %e, "identity not fetched");
-            unknown()
-        })?;
-        let key = identity.document().master_key.clone();
-        if pinned.is_some_and(|pin| pin != key.node_id()) {
-            debug!(%user, "the identity server gives another key than the pinned one");
-            return Err(unknown());
+        match pinned {
+            Some(pin) => Ok(pin == peer.node_id),
+            None if !lookup => Ok(false),
+            None => {
+                self.limits.admit_stranger()?;
+                let identity = self.session.fetch_identity(user).await.map_err(|e| {
+                    debug!(%user, error = %e, "identity not fetched");
+                    unknown()
+                })?;
+                Ok(identity.document().master_key.node_id() == peer.node_id)
+            }
         }
-        Ok(key)
     }
 
     async fn deliver_grant(
@@ -247,12 +265,12 @@ impl PeerService {
         // connection must come from that same key.
         let sender = sealed::claimed_sender(&envelope)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let sender_key = self.key_of(&sender).await?;
-        if sender_key.node_id() != peer.node_id {
+        if !self.is_user(&sender, peer, true).await? {
             return Err(Status::permission_denied(
                 "a grant is delivered by its sender only",
             ));
         }
+        let sender_key = peer.master_key.clone();
         let plaintext = sealed::open(
             &envelope,
             &sender,
@@ -307,14 +325,19 @@ impl PeerService {
                 let listing = keystore
                     .list()
                     .map_err(|_| Status::internal("the keystore cannot be read"))?;
-                let from_sender = listing
+                let received: Vec<_> = listing
                     .keys
+                    .iter()
+                    .filter(|meta| matches!(meta.origin, Origin::ReceivedFrom(_)))
+                    .collect();
+                let from_sender = received
                     .iter()
                     .filter(|meta| meta.origin == Origin::ReceivedFrom(sender.clone()))
                     .count();
-                if from_sender >= MAX_KEYS_PER_SENDER {
+                if from_sender >= MAX_KEYS_PER_SENDER || received.len() >= MAX_RECEIVED_KEYS {
                     return Err(Status::resource_exhausted(format!(
-                        "{sender} has given us {from_sender} keys already"
+                        "no more keys are taken ({from_sender} from {sender}, {} in all)",
+                        received.len()
                     )));
                 }
             }
@@ -349,11 +372,11 @@ impl PeerService {
         Ok(())
     }
 
-    /// For a share key, that `peer` is its owner: whether we hold a share
-    /// key is for its owner to learn, nobody else. A master key is anyone's
-    /// to audit, but only ours is here.
+    /// For a share key, that `peer` is its owner as we pinned them when
+    /// their grant came (no network): whether we hold a share key is for
+    /// its owner to learn, nobody else. A master key is anyone's to audit,
+    /// but only ours is here.
     async fn check_auditor(&self, peer: &net::PeerInfo, key_id: &KeyId) -> Result<(), Status> {
-        let refused = || Status::permission_denied("only a key's owner audits it");
         if key_id.is_master() {
             return if key_id.owner() == self.me() {
                 Ok(())
@@ -361,11 +384,10 @@ impl PeerService {
                 Err(Status::not_found("no such key here"))
             };
         }
-        let owner = self.key_of(key_id.owner()).await.map_err(|_| refused())?;
-        if owner.node_id() != peer.node_id {
-            return Err(refused());
+        match self.is_user(key_id.owner(), peer, false).await {
+            Ok(true) => Ok(()),
+            _ => Err(Status::permission_denied("only a key's owner audits it")),
         }
-        Ok(())
     }
 }
 
@@ -386,6 +408,11 @@ impl Peer for PeerService {
         let key_id = audited(&request.key_id, &request.nonce)?;
         self.limits.admit(&peer.node_id)?;
         self.check_auditor(&peer, &key_id).await?;
+        // Anyone may have our master key sign: an RSA operation for a
+        // stranger.
+        if key_id.is_master() {
+            self.limits.admit_stranger()?;
+        }
         let key = self.private_key(&key_id)?;
         let message = audit::peer_proof(
             &peer.node_id,
