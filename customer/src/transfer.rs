@@ -251,9 +251,11 @@ impl Session {
         object: Option<ObjectId>,
     ) -> Result<(BTreeMap<(ObjectId, u64), Version>, Vec<u32>), TransferError> {
         let count = self.suppliers()?.suppliers.len() as u32;
+        // Connected (and, in a share, proved) all at once, so that one
+        // supplier that hangs does not hold up the others.
+        let clients = futures_util::future::join_all((0..count).map(|p| self.client(p))).await;
         let mut tasks = JoinSet::new();
-        for position in 0..count {
-            let client = self.client(position).await;
+        for (position, client) in (0..count).zip(clients) {
             let location = location_proto(keys);
             let addr = self.supplier_addr(position);
             tasks.spawn(async move {
