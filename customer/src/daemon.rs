@@ -140,16 +140,6 @@ pub enum DaemonError {
     Tls(common::tls::TlsError),
 }
 
-/// The key an audit names, once its nonce is of a size we sign.
-fn audited(key_id: &str, nonce: &[u8]) -> Result<KeyId, Status> {
-    if !NONCE_BYTES.contains(&nonce.len()) {
-        return Err(Status::invalid_argument("the nonce must be 16 to 64 bytes"));
-    }
-    key_id
-        .parse()
-        .map_err(|e| Status::invalid_argument(format!("key ID: {e}")))
-}
-
 struct PeerService {
     session: Arc<Session>,
     limits: Limits,
@@ -372,20 +362,34 @@ impl PeerService {
         Ok(())
     }
 
-    /// For a share key, that `peer` is its owner as we pinned them when
-    /// their grant came (no network): whether we hold a share key is for
-    /// its owner to learn, nobody else. A master key is anyone's to audit,
-    /// but only ours is here.
-    async fn check_auditor(&self, peer: &net::PeerInfo, key_id: &KeyId) -> Result<(), Status> {
+    /// The key an audit by `peer` names, once the audit may go ahead: its
+    /// nonce is of a size we sign, the peer is within its rate, and, for a
+    /// share key, the peer is its owner as we pinned them when their grant
+    /// came (no network). Whether we hold a share key is for its owner to
+    /// learn, nobody else. A master key is anyone's to audit, but only ours
+    /// is here.
+    async fn audited(
+        &self,
+        peer: &net::PeerInfo,
+        key_id: &str,
+        nonce: &[u8],
+    ) -> Result<KeyId, Status> {
+        if !NONCE_BYTES.contains(&nonce.len()) {
+            return Err(Status::invalid_argument("the nonce must be 16 to 64 bytes"));
+        }
+        let key_id: KeyId = key_id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("key ID: {e}")))?;
+        self.limits.admit(&peer.node_id)?;
         if key_id.is_master() {
             return if key_id.owner() == self.me() {
-                Ok(())
+                Ok(key_id)
             } else {
                 Err(Status::not_found("no such key here"))
             };
         }
         match self.is_user(key_id.owner(), peer, false).await {
-            Ok(true) => Ok(()),
+            Ok(true) => Ok(key_id),
             _ => Err(Status::permission_denied("only a key's owner audits it")),
         }
     }
@@ -405,9 +409,7 @@ impl Peer for PeerService {
     ) -> Result<Response<AuditPrivateKeyResponse>, Status> {
         let peer = net::peer(&request)?.clone();
         let request = request.into_inner();
-        let key_id = audited(&request.key_id, &request.nonce)?;
-        self.limits.admit(&peer.node_id)?;
-        self.check_auditor(&peer, &key_id).await?;
+        let key_id = self.audited(&peer, &request.key_id, &request.nonce).await?;
         // Anyone may have our master key sign: an RSA operation for a
         // stranger.
         if key_id.is_master() {
@@ -432,9 +434,7 @@ impl Peer for PeerService {
     ) -> Result<Response<AuditPublicKeyResponse>, Status> {
         let peer = net::peer(&request)?.clone();
         let request = request.into_inner();
-        let key_id = audited(&request.key_id, &request.nonce)?;
-        self.limits.admit(&peer.node_id)?;
-        self.check_auditor(&peer, &key_id).await?;
+        let key_id = self.audited(&peer, &request.key_id, &request.nonce).await?;
         let public = if key_id.is_master() {
             self.session.master().public_key().clone()
         } else {

@@ -21,7 +21,6 @@ use proto::peer::v1::peer_client::PeerClient;
 use proto::peer::v1::{AuditPrivateKeyRequest, DeliverRequest, PingRequest};
 use tonic::transport::Channel;
 
-use crate::idserver::{self, IdServerError};
 use crate::session::{CALL_TIMEOUT, LocationKeys, Session};
 use crate::transfer::catalog;
 
@@ -114,7 +113,10 @@ impl Session {
             user: recipient.clone(),
             reason,
         };
-        let identity = self.identity_of(recipient).await.map_err(offline)?;
+        let identity = self
+            .identity_of(recipient)
+            .await
+            .map_err(|e| offline(e.to_string()))?;
         let their_key = identity.document().master_key.clone();
         let (endpoint, mut client) = self.reach_daemon(&identity).await.map_err(offline)?;
         let mut ping = tonic::Request::new(PingRequest {});
@@ -245,34 +247,6 @@ impl Session {
             Ok(_) => Ok(endpoint),
             Err(status) => Err(status.message().to_owned()),
         })
-    }
-
-    /// `user`'s identity from their identity server, verified but not
-    /// checked against our pins.
-    pub(crate) async fn fetch_identity(
-        &self,
-        user: &UserId,
-    ) -> Result<SignedIdentity, IdServerError> {
-        idserver::fetch(self.dialer(), &user.idhost().server_addr(), user).await
-    }
-
-    /// `user`'s identity: from their identity server, else from the DHT;
-    /// either way checked against (or pinned as) their key.
-    async fn identity_of(&self, user: &UserId) -> Result<SignedIdentity, String> {
-        match idserver::fetch(self.dialer(), &user.idhost().server_addr(), user).await {
-            Ok(identity) => {
-                self.home()
-                    .pins()
-                    .check(user, &identity.document().master_key)
-                    .map_err(|e| e.to_string())?;
-                Ok(identity)
-            }
-            Err(IdServerError::Unreachable { .. }) => self
-                .identity_from_dht(user)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
     }
 
     /// Connects to the first endpoint of `identity` that answers as its

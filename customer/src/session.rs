@@ -253,9 +253,15 @@ impl Session {
     /// Uses `set` as our suppliers from now on (after hiring); leaves any
     /// share entered before.
     pub fn set_suppliers(&mut self, set: SupplierSet) {
-        self.channels = (0..set.suppliers.len()).map(|_| OnceCell::new()).collect();
-        self.suppliers = Some(set);
+        self.use_set(Some(set));
         self.member = None;
+    }
+
+    /// Puts `set` in use, with no connection open to it yet.
+    fn use_set(&mut self, set: Option<SupplierSet>) {
+        let count = set.as_ref().map_or(0, |s| s.suppliers.len());
+        self.channels = (0..count).map(|_| OnceCell::new()).collect();
+        self.suppliers = set;
     }
 
     /// Prepares to work in the location of `keys`. Our own locations need
@@ -269,10 +275,7 @@ impl Session {
         let owner = keys.key_id.owner();
         if owner == &self.user {
             if let Some(member) = self.member.take() {
-                self.channels = (0..member.own.as_ref().map_or(0, |s| s.suppliers.len()))
-                    .map(|_| OnceCell::new())
-                    .collect();
-                self.suppliers = member.own;
+                self.use_set(member.own);
             }
             return Ok(());
         }
@@ -288,7 +291,6 @@ impl Session {
             Some(member) => member.own,
             None => self.suppliers.take(),
         };
-        self.channels = (0..set.suppliers.len()).map(|_| OnceCell::new()).collect();
         self.member = Some(Membership {
             keys: keys.clone(),
             own,
@@ -297,7 +299,7 @@ impl Session {
                 .collect(),
             renewals: std::sync::Mutex::default(),
         });
-        self.suppliers = Some(set);
+        self.use_set(Some(set));
         Ok(())
     }
 
@@ -367,6 +369,35 @@ impl Session {
                 addr: entry.addr.clone(),
                 reason: e.to_string(),
             })
+    }
+
+    /// Sends one call to the supplier of every position in turn. Returns
+    /// whether any of them did it, and why each that failed did;
+    /// `NOT_FOUND` (nothing there to act on) counts as neither.
+    pub(crate) async fn on_every_position(
+        &self,
+        call: impl AsyncFn(StorageClient<Channel>) -> Result<(), tonic::Status>,
+    ) -> Result<(bool, Vec<String>), SessionError> {
+        let count = self.suppliers()?.suppliers.len() as u32;
+        let mut done = false;
+        let mut failures = Vec::new();
+        for position in 0..count {
+            let client = match self.client(position).await {
+                Ok(client) => client,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            match call(client).await {
+                Ok(()) => done = true,
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => failures.push(
+                    status_error(position, &self.supplier_addr(position), &status).to_string(),
+                ),
+            }
+        }
+        Ok((done, failures))
     }
 
     /// The storage client of a position, connecting on first use.
@@ -567,30 +598,40 @@ impl Session {
         Ok(entries)
     }
 
-    /// The master public key of `user`: ours, or fetched from their identity
-    /// server and checked against our pins.
+    /// The master public key of `user`: ours, or from their identity
+    /// ([`Session::identity_of`]).
     pub async fn master_key_of(&self, user: &UserId) -> Result<PublicKey, SessionError> {
         if user == &self.user {
             return Ok(self.master.public_key().clone());
         }
-        match idserver::fetch(&self.dialer, &user.idhost().server_addr(), user).await {
+        Ok(self.identity_of(user).await?.document().master_key.clone())
+    }
+
+    /// `user`'s identity: from their identity server, else (when it cannot
+    /// be reached) from the DHT; either way checked against, or pinned as,
+    /// their key.
+    pub async fn identity_of(&self, user: &UserId) -> Result<SignedIdentity, SessionError> {
+        match self.fetch_identity(user).await {
             Ok(identity) => {
-                let key = identity.document().master_key.clone();
                 self.home
                     .pins()
-                    .check(user, &key)
+                    .check(user, &identity.document().master_key)
                     .map_err(|e| SessionError::Key(e.to_string()))?;
-                Ok(key)
+                Ok(identity)
             }
             // The identity server is down: the DHT is the fallback.
-            Err(IdServerError::Unreachable { .. }) => Ok(self
-                .identity_from_dht(user)
-                .await?
-                .document()
-                .master_key
-                .clone()),
+            Err(IdServerError::Unreachable { .. }) => self.identity_from_dht(user).await,
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `user`'s identity from their identity server, verified but not
+    /// checked against our pins.
+    pub(crate) async fn fetch_identity(
+        &self,
+        user: &UserId,
+    ) -> Result<SignedIdentity, IdServerError> {
+        idserver::fetch(&self.dialer, &user.idhost().server_addr(), user).await
     }
 
     /// The address of the supplier at `position`, for messages.

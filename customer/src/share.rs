@@ -10,7 +10,7 @@ use common::manifest::ObjectId;
 use prost::Message;
 use proto::storage::v1::{KeyRemoval, RemoveKeyRequest};
 
-use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError, status_error};
+use crate::session::{CALL_TIMEOUT, LocationKeys, Session, SessionError};
 use crate::transfer::{TransferError, list_manifests, location_proto};
 
 /// What [`Session::delete_share`] did.
@@ -87,28 +87,16 @@ impl Session {
         };
         let removal = Envelope::seal_message(self.master(), Purpose::KeyRemove, &removal)
             .map_err(|e| SessionError::Key(e.to_string()))?;
-        let mut failures = Vec::new();
-        for position in 0..count {
-            let mut client = match self.client(position).await {
-                Ok(client) => client,
-                Err(e) => {
-                    failures.push(e.to_string());
-                    continue;
-                }
-            };
-            let mut request = tonic::Request::new(RemoveKeyRequest {
-                removal: Some(removal.to_proto()),
-            });
-            request.set_timeout(CALL_TIMEOUT);
-            match client.remove_key(request).await {
-                // Not there: removed by an earlier run.
-                Ok(_) => {}
-                Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) => failures.push(
-                    status_error(position, &self.supplier_addr(position), &status).to_string(),
-                ),
-            }
-        }
+        // A key not there was removed by an earlier run.
+        let (_, failures) = self
+            .on_every_position(async |mut client| {
+                let mut request = tonic::Request::new(RemoveKeyRequest {
+                    removal: Some(removal.to_proto()),
+                });
+                request.set_timeout(CALL_TIMEOUT);
+                client.remove_key(request).await.map(drop)
+            })
+            .await?;
         if !failures.is_empty() {
             return Err(not_deleted(format!(
                 "its key is still registered where these failed, and no file was deleted: {}",

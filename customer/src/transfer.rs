@@ -828,32 +828,18 @@ impl Session {
         object_id: ObjectId,
         version: Option<u64>,
     ) -> Result<(bool, Vec<String>), TransferError> {
-        let count = self.suppliers()?.suppliers.len() as u32;
-        let mut found = false;
-        let mut failures = Vec::new();
-        for position in 0..count {
-            let mut client = match self.client(position).await {
-                Ok(client) => client,
-                Err(e) => {
-                    failures.push(e.to_string());
-                    continue;
-                }
-            };
-            let mut request = tonic::Request::new(DeleteRequest {
-                location: Some(location_proto(keys)),
-                object_id: object_id.0.to_vec(),
-                version: version.unwrap_or(0),
-            });
-            request.set_timeout(CALL_TIMEOUT);
-            match client.delete(request).await {
-                Ok(_) => found = true,
-                Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) => failures.push(
-                    status_error(position, &self.supplier_addr(position), &status).to_string(),
-                ),
-            }
-        }
-        Ok((found, failures))
+        let location = location_proto(keys);
+        Ok(self
+            .on_every_position(async |mut client| {
+                let mut request = tonic::Request::new(DeleteRequest {
+                    location: Some(location.clone()),
+                    object_id: object_id.0.to_vec(),
+                    version: version.unwrap_or(0),
+                });
+                request.set_timeout(CALL_TIMEOUT);
+                client.delete(request).await.map(drop)
+            })
+            .await?)
     }
 }
 
