@@ -220,6 +220,53 @@ pub struct Listing {
     pub damaged: Vec<KeystoreError>,
 }
 
+/// The format of a key backup document.
+const BACKUP_FORMAT: &str = "silt-key-backup-v1";
+/// Largest key backup read: far more keys than anyone holds.
+const MAX_BACKUP_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct BackupFile {
+    format: String,
+    keys: Vec<KeyFile>,
+}
+
+/// A key backup document (see [`Keystore::backup`]). Its bytes are wiped
+/// when it is dropped.
+pub struct KeyBackup {
+    /// The document.
+    pub bytes: Zeroizing<Vec<u8>>,
+    /// How many keys it holds.
+    pub keys: usize,
+}
+
+impl fmt::Debug for KeyBackup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyBackup")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What restoring one key from a backup did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// It was not here and now is.
+    Added(KeyMeta),
+    /// The same key is already here; nothing changed.
+    Held(KeyMeta),
+    /// Another key is held under this ID; it was kept, and the backup's
+    /// copy was not restored.
+    Differs(KeyId),
+    /// The backup's copy is not a valid key file.
+    Invalid {
+        /// The ID it claims.
+        key_id: KeyId,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
 /// The keystore directory.
 #[derive(Debug, Clone)]
 pub struct Keystore {
@@ -383,19 +430,7 @@ impl Keystore {
     /// Lists every key.
     pub fn list(&self) -> Result<Listing, KeystoreError> {
         let mut listing = Listing::default();
-        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let path = entry.map_err(io_err(&self.dir))?.path();
-            let is_key = matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some(PRIVATE_EXT | PUBLIC_EXT)
-            );
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            if !is_key || hidden {
-                continue;
-            }
+        for path in self.key_files()? {
             match self.read(&path) {
                 Ok((_, meta)) => listing.keys.push(meta),
                 Err(e) => listing.damaged.push(e),
@@ -435,6 +470,122 @@ impl Keystore {
         fs::remove_file(&path).map_err(io_err(&path))
     }
 
+    /// Every key but master keys, as one JSON document (format
+    /// `silt-key-backup-v1`) that holds the key files as they are: a private
+    /// key protected by a passphrase stays protected. A damaged key file
+    /// fails the backup rather than being left out unseen.
+    pub fn backup(&self) -> Result<KeyBackup, KeystoreError> {
+        let mut keys = Vec::new();
+        for path in self.key_files()? {
+            let (file, meta) = self.read(&path)?;
+            if !meta.key_id.is_master() {
+                keys.push(file);
+            }
+        }
+        keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        let count = keys.len();
+        let bytes = serde_json::to_vec(&BackupFile {
+            format: BACKUP_FORMAT.into(),
+            keys,
+        })
+        .map_err(|e| damaged(&self.dir, &e.to_string()))?;
+        Ok(KeyBackup {
+            bytes: Zeroizing::new(bytes),
+            keys: count,
+        })
+    }
+
+    /// Adds the keys of a [`Keystore::backup`] that are not here. Nothing
+    /// held is replaced: a key held under the same ID is reported as held
+    /// if it is the same key, and as differing if not. A public-only copy
+    /// is completed by the backup's private key when the two match. A key
+    /// that is not valid is reported and the others are still restored; a
+    /// document that is not a key backup is an error and restores nothing.
+    pub fn restore(&self, backup: &[u8]) -> Result<Vec<Restored>, KeystoreError> {
+        let source = self.dir.join("(backup)");
+        if backup.len() > MAX_BACKUP_BYTES {
+            return Err(damaged(&source, "the key backup is too large"));
+        }
+        let document: BackupFile = serde_json::from_slice(backup)
+            .map_err(|e| damaged(&source, &format!("not a key backup: {e}")))?;
+        if document.format != BACKUP_FORMAT {
+            return Err(damaged(&source, "not a silt-key-backup-v1 document"));
+        }
+        let _lock = self.lock()?;
+        let mut report = Vec::with_capacity(document.keys.len());
+        for file in &document.keys {
+            report.push(match check_restored(file) {
+                Err(reason) => Restored::Invalid {
+                    key_id: file.key_id.clone(),
+                    reason,
+                },
+                Ok(public) => self.restore_one(file, &public)?,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Writes one checked key file from a backup, holding the lock.
+    fn restore_one(&self, file: &KeyFile, public: &PublicKey) -> Result<Restored, KeystoreError> {
+        let private_path = self.path(&file.key_id, KeyKind::Private);
+        let public_path = self.path(&file.key_id, KeyKind::Public);
+        let held = [&private_path, &public_path]
+            .into_iter()
+            .find(|p| p.exists())
+            .map(|p| self.read(p))
+            .transpose()?;
+        let upgrade = match &held {
+            None => false,
+            Some((held, meta)) => {
+                if held.public_pem != file.public_pem {
+                    return Ok(Restored::Differs(file.key_id.clone()));
+                }
+                if held.kind == KeyKind::Private || file.kind == KeyKind::Public {
+                    return Ok(Restored::Held(meta.clone()));
+                }
+                true
+            }
+        };
+        let copy = KeyFile {
+            format: FORMAT.into(),
+            key_id: file.key_id.clone(),
+            kind: file.kind,
+            label: file.label.clone(),
+            created_unix: file.created_unix,
+            epoch: file.epoch,
+            origin: file.origin.clone(),
+            bits: public.bits(),
+            encrypted: file.encrypted,
+            public_pem: file.public_pem.clone(),
+            private_pem: file.private_pem.clone(),
+        };
+        self.write_new(&self.path(&file.key_id, file.kind), &copy)?;
+        if upgrade {
+            fs::remove_file(&public_path).map_err(io_err(&public_path))?;
+        }
+        Ok(Restored::Added(copy.meta(public)))
+    }
+
+    /// The paths of every key file.
+    fn key_files(&self) -> Result<Vec<PathBuf>, KeystoreError> {
+        let mut paths = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let path = entry.map_err(io_err(&self.dir))?.path();
+            let is_key = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some(PRIVATE_EXT | PUBLIC_EXT)
+            );
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if is_key && !hidden {
+                paths.push(path);
+            }
+        }
+        Ok(paths)
+    }
+
     fn write_new(&self, path: &Path, file: &KeyFile) -> Result<(), KeystoreError> {
         let bytes = Zeroizing::new(
             serde_json::to_vec_pretty(file).map_err(|e| damaged(path, &e.to_string()))?,
@@ -471,6 +622,34 @@ impl Keystore {
         let meta = file.meta(&public);
         Ok((file, meta))
     }
+}
+
+/// A key file from a backup, checked as far as it can be without a
+/// passphrase: its ID is not a master key's, its public key parses, it holds
+/// a private key exactly when it says so, and an unprotected private key
+/// matches its public key. Returns the public key.
+fn check_restored(file: &KeyFile) -> Result<PublicKey, String> {
+    if file.format != FORMAT {
+        return Err("unknown key file format".into());
+    }
+    if file.key_id.is_master() {
+        return Err("master keys are restored from an identity backup, not a key backup".into());
+    }
+    let public = PublicKey::from_pem(&file.public_pem).map_err(|e| e.to_string())?;
+    match (file.kind, &file.private_pem) {
+        (KeyKind::Public, None) => {}
+        (KeyKind::Private, Some(pem)) => {
+            if !file.encrypted {
+                let private = PrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+                if private.public_key() != &public {
+                    return Err("its private and public parts do not match".into());
+                }
+            }
+        }
+        (KeyKind::Private, None) => return Err("it says private but holds no private key".into()),
+        (KeyKind::Public, Some(_)) => return Err("it says public but holds a private key".into()),
+    }
+    Ok(public)
 }
 
 fn damaged(path: &Path, reason: &str) -> KeystoreError {
@@ -576,6 +755,124 @@ mod tests {
         store.load_private(&id, Some(&pass)).unwrap();
         // The public half needs no passphrase.
         assert_eq!(&store.load_public(&id).unwrap().0, KEY.public_key());
+    }
+
+    #[test]
+    fn a_backup_restores_what_is_missing_and_replaces_nothing() {
+        static OTHER: LazyLock<PrivateKey> = LazyLock::new(|| PrivateKey::generate(2048).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Keystore::open(dir.path().join("keys")).unwrap();
+        store
+            .add_private(new_key("master$alice@id-a"), &OTHER, None)
+            .unwrap();
+        let pass = Passphrase::new("secret words".into());
+        store
+            .add_private(new_key("photos$alice@id-a"), &KEY, None)
+            .unwrap();
+        store
+            .add_private(new_key("locked$alice@id-a"), &KEY, Some(&pass))
+            .unwrap();
+        store
+            .add_public(new_key("docs$bob@id-b"), OTHER.public_key())
+            .unwrap();
+        let backup = store.backup().unwrap();
+        assert_eq!(backup.keys, 3, "the master key is left out");
+        let text = String::from_utf8(backup.bytes.to_vec()).unwrap();
+        assert!(!text.contains("master$alice"));
+        assert!(
+            text.contains("BEGIN ENCRYPTED PRIVATE KEY"),
+            "protected keys stay protected"
+        );
+
+        // Into an empty keystore: everything comes back, the same keys.
+        let laptop = Keystore::open(dir.path().join("laptop")).unwrap();
+        let report = laptop.restore(&backup.bytes).unwrap();
+        assert!(
+            report.iter().all(|r| matches!(r, Restored::Added(_))),
+            "{report:?}"
+        );
+        let photos: KeyId = "photos$alice@id-a".parse().unwrap();
+        assert_eq!(
+            laptop.load_private(&photos, None).unwrap().0.public_key(),
+            KEY.public_key()
+        );
+        let locked: KeyId = "locked$alice@id-a".parse().unwrap();
+        laptop.load_private(&locked, Some(&pass)).unwrap();
+        assert_eq!(laptop.list().unwrap().keys.len(), 3);
+        let mode = fs::metadata(dir.path().join("laptop/photos$alice@id-a.private"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Again: nothing changes.
+        let report = laptop.restore(&backup.bytes).unwrap();
+        assert!(
+            report.iter().all(|r| matches!(r, Restored::Held(_))),
+            "{report:?}"
+        );
+
+        // A different key under a held ID is kept; a public-only copy is
+        // completed by the matching private key.
+        let other = Keystore::open(dir.path().join("other")).unwrap();
+        other
+            .add_private(new_key("photos$alice@id-a"), &OTHER, None)
+            .unwrap();
+        other
+            .add_public(new_key("locked$alice@id-a"), KEY.public_key())
+            .unwrap();
+        let report = other.restore(&backup.bytes).unwrap();
+        assert!(
+            report.contains(&Restored::Differs(photos.clone())),
+            "{report:?}"
+        );
+        assert_eq!(
+            other.load_private(&photos, None).unwrap().0.public_key(),
+            OTHER.public_key()
+        );
+        assert_eq!(other.load_public(&locked).unwrap().1.kind, KeyKind::Private);
+        assert!(!dir.path().join("other/locked$alice@id-a.public").exists());
+    }
+
+    #[test]
+    fn a_bad_backup_restores_nothing_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Keystore::open(dir.path().join("keys")).unwrap();
+        for junk in [&b"not json"[..], br#"{"format":"other","keys":[]}"#] {
+            let err = store.restore(junk).unwrap_err();
+            assert!(err.to_string().contains("backup"), "{err}");
+        }
+        assert!(store.restore(&vec![b' '; MAX_BACKUP_BYTES + 1]).is_err());
+
+        // One bad entry among good ones: the good ones are restored.
+        let source = Keystore::open(dir.path().join("source")).unwrap();
+        source
+            .add_private(new_key("photos$alice@id-a"), &KEY, None)
+            .unwrap();
+        source
+            .add_private(new_key("docs$alice@id-a"), &KEY, None)
+            .unwrap();
+        let backup = source.backup().unwrap();
+        let mut document: serde_json::Value = serde_json::from_slice(&backup.bytes).unwrap();
+        let other = PrivateKey::generate(2048).unwrap();
+        document["keys"][0]["public_pem"] = other.public_key().to_pem().unwrap().into();
+        let mut master = document["keys"][1].clone();
+        master["key_id"] = "master$alice@id-a".into();
+        document["keys"].as_array_mut().unwrap().push(master);
+        let report = store
+            .restore(&serde_json::to_vec(&document).unwrap())
+            .unwrap();
+        assert_eq!(report.len(), 3);
+        assert!(
+            matches!(&report[0], Restored::Invalid { reason, .. } if reason.contains("do not match")),
+            "{report:?}"
+        );
+        assert!(matches!(&report[1], Restored::Added(_)), "{report:?}");
+        assert!(
+            matches!(&report[2], Restored::Invalid { reason, .. } if reason.contains("identity backup")),
+            "{report:?}"
+        );
+        assert_eq!(store.list().unwrap().keys.len(), 1);
     }
 
     #[test]

@@ -41,13 +41,13 @@ enum Command {
     /// Show, publish, back up or restore your identity.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
-    /// Create, list, delete, export and import keys.
+    /// Create, list, delete, export, import, back up and restore keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
     /// Hire suppliers and see how they are.
     #[command(subcommand)]
     Suppliers(suppliers::SuppliersCommand),
-    /// Create, list, grant and delete shares.
+    /// Create, list, grant and delete shares, and see whom you granted them to.
     #[command(subcommand)]
     Share(share::ShareCommand),
     /// Upload a file or directory: LOCAL [REMOTE], REMOTE being
@@ -214,7 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(args) => init::run(&ctx, args).await,
         Command::Identity(command) => identity::run(&ctx, command).await,
-        Command::Key(command) => key::run(&ctx, command),
+        Command::Key(command) => key::run(&ctx, command).await,
         Command::Suppliers(command) => suppliers::run(&ctx, command).await,
         Command::Share(command) => share::run(&ctx, command).await,
         Command::Put { local, remote } => files::put(&ctx, local, remote).await,

@@ -12,13 +12,15 @@
 //! 5. Deliver the key, sealed to their master key and signed by ours.
 
 use common::audit;
+use common::crypto::PublicKey;
 use common::crypto::Purpose;
-use common::id::{KeyId, UserId};
+use common::id::{KeyId, NodeId, UserId};
 use common::identity::SignedIdentity;
 use common::sealed::{self, KIND_GRANT};
 use prost::Message;
 use proto::peer::v1::peer_client::PeerClient;
-use proto::peer::v1::{AuditPrivateKeyRequest, DeliverRequest, PingRequest};
+use proto::peer::v1::{AuditPrivateKeyRequest, AuditPublicKeyRequest, DeliverRequest, PingRequest};
+use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
 use crate::session::{CALL_TIMEOUT, LocationKeys, Session};
@@ -73,6 +75,54 @@ pub enum GrantError {
     },
 }
 
+/// Which half of a key an audit checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    /// The other side holds the same public key.
+    Public,
+    /// The other side holds the private key.
+    Private,
+}
+
+/// Why `silt key audit` did not confirm a key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The audit cannot be made as asked.
+    #[error("{0}")]
+    Unusable(String),
+    /// Their daemon could not be reached.
+    #[error("cannot reach {user}'s daemon: {reason}")]
+    Offline {
+        /// The audited user.
+        user: UserId,
+        /// Why.
+        reason: String,
+    },
+    /// Their daemon refused to answer.
+    #[error("{user}'s daemon refused the audit: {reason}")]
+    Refused {
+        /// The audited user.
+        user: UserId,
+        /// What it said.
+        reason: String,
+    },
+    /// The answer does not match our copy of the key.
+    #[error("{user} does not hold the same {key_id} as you: the answer does not match your copy")]
+    Mismatch {
+        /// The audited user.
+        user: UserId,
+        /// The key.
+        key_id: KeyId,
+    },
+}
+
+/// How one audit call went wrong.
+enum AuditFailure {
+    Refused(String),
+    Mismatch,
+}
+
 /// What a grant did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {
@@ -80,6 +130,9 @@ pub struct Granted {
     pub endpoint: String,
     /// Files named in the grant.
     pub files: usize,
+    /// Why the grant could not be added to `members.json`, if it could not
+    /// (the grant itself was delivered).
+    pub unrecorded: Option<String>,
 }
 
 impl Session {
@@ -136,28 +189,20 @@ impl Session {
             user: recipient.clone(),
             reason,
         };
-        let nonce: [u8; 32] = rand::random();
-        let master_id = KeyId::master(recipient.clone());
-        let mut request = tonic::Request::new(AuditPrivateKeyRequest {
-            key_id: master_id.to_string(),
-            nonce: nonce.to_vec(),
-        });
-        request.set_timeout(CALL_TIMEOUT);
-        let signature = client
-            .audit_private_key(request)
-            .await
-            .map_err(|s| audit_failed(s.message().to_owned()))?
-            .into_inner()
-            .signature;
-        let message = audit::peer_proof(
-            &self.master().public_key().node_id(),
+        self.audit_on(
+            &mut client,
+            &KeyId::master(recipient.clone()),
             &their_key.node_id(),
-            &master_id,
-            &nonce,
-        );
-        their_key
-            .verify(Purpose::Audit, &message, &signature)
-            .map_err(|_| audit_failed("the signature is not by their master key".into()))?;
+            &their_key,
+            AuditKind::Private,
+        )
+        .await
+        .map_err(|failure| {
+            audit_failed(match failure {
+                AuditFailure::Refused(reason) => reason,
+                AuditFailure::Mismatch => "the signature is not by their master key".into(),
+            })
+        })?;
 
         // 3. The suppliers must know the share's key before anyone proves it.
         self.register_location(keys)
@@ -225,10 +270,138 @@ impl Session {
             .deliver(request)
             .await
             .map_err(|s| delivery_failed(s.message().to_owned()))?;
+        let unrecorded = crate::members::Members::new(self.home().dir())
+            .add(&share, recipient, keys.epoch)
+            .err()
+            .map(|e| e.to_string());
         Ok(Granted {
             endpoint,
             files: file_names.len(),
+            unrecorded,
         })
+    }
+
+    /// Audits `user`'s copy of `key_id` (`silt key audit`): with
+    /// [`AuditKind::Private`] their daemon signs our fresh nonce with the
+    /// private key, with [`AuditKind::Public`] it hashes the nonce with its
+    /// public key; either is checked against our own copy. For
+    /// `master$user` our copy is the key pinned for them. Their daemon
+    /// answers anyone about their master key, and only a key's owner about
+    /// another key. Returns the daemon's address.
+    pub async fn audit_key(
+        &self,
+        key_id: &KeyId,
+        user: &UserId,
+        kind: AuditKind,
+    ) -> Result<String, AuditError> {
+        if key_id.is_master() && key_id.owner() != user {
+            return Err(AuditError::Unusable(format!(
+                "{key_id} is the master key of {}; audit it with them",
+                key_id.owner()
+            )));
+        }
+        if user == self.user() {
+            return Err(AuditError::Unusable(
+                "audit another user's copy; your own keys are here".into(),
+            ));
+        }
+        let identity = self
+            .identity_of(user)
+            .await
+            .map_err(|e| AuditError::Offline {
+                user: user.clone(),
+                reason: e.to_string(),
+            })?;
+        let ours = if key_id.is_master() {
+            identity.document().master_key.clone()
+        } else {
+            self.home()
+                .keystore()
+                .and_then(|keystore| Ok(keystore.load_public(key_id)?.0))
+                .map_err(|e| AuditError::Unusable(e.to_string()))?
+        };
+        let (endpoint, mut client) =
+            self.reach_daemon(&identity)
+                .await
+                .map_err(|reason| AuditError::Offline {
+                    user: user.clone(),
+                    reason,
+                })?;
+        let responder = identity.document().master_key.node_id();
+        match self
+            .audit_on(&mut client, key_id, &responder, &ours, kind)
+            .await
+        {
+            Ok(()) => Ok(endpoint),
+            Err(AuditFailure::Refused(reason)) => Err(AuditError::Refused {
+                user: user.clone(),
+                reason,
+            }),
+            Err(AuditFailure::Mismatch) => Err(AuditError::Mismatch {
+                user: user.clone(),
+                key_id: key_id.clone(),
+            }),
+        }
+    }
+
+    /// One audit of `key_id` by the daemon behind `client`, checked against
+    /// `ours`, with a fresh nonce.
+    async fn audit_on(
+        &self,
+        client: &mut PeerClient<Channel>,
+        key_id: &KeyId,
+        responder: &NodeId,
+        ours: &PublicKey,
+        kind: AuditKind,
+    ) -> Result<(), AuditFailure> {
+        let nonce: [u8; 32] = rand::random();
+        let refused = |status: tonic::Status| AuditFailure::Refused(status.message().to_owned());
+        match kind {
+            AuditKind::Private => {
+                let mut request = tonic::Request::new(AuditPrivateKeyRequest {
+                    key_id: key_id.to_string(),
+                    nonce: nonce.to_vec(),
+                });
+                request.set_timeout(CALL_TIMEOUT);
+                let signature = client
+                    .audit_private_key(request)
+                    .await
+                    .map_err(refused)?
+                    .into_inner()
+                    .signature;
+                // Bound to both of us: `responder` is the node ID the
+                // daemon's TLS handshake proved.
+                let message = audit::peer_proof(
+                    &self.master().public_key().node_id(),
+                    responder,
+                    key_id,
+                    &nonce,
+                );
+                ours.verify(Purpose::Audit, &message, &signature)
+                    .map_err(|_| AuditFailure::Mismatch)
+            }
+            AuditKind::Public => {
+                let mut request = tonic::Request::new(AuditPublicKeyRequest {
+                    key_id: key_id.to_string(),
+                    nonce: nonce.to_vec(),
+                });
+                request.set_timeout(CALL_TIMEOUT);
+                let digest = client
+                    .audit_public_key(request)
+                    .await
+                    .map_err(refused)?
+                    .into_inner()
+                    .digest;
+                let mut hasher = Sha256::new();
+                hasher.update(nonce);
+                hasher.update(ours.spki_der());
+                if hasher.finalize().as_slice() == digest.as_slice() {
+                    Ok(())
+                } else {
+                    Err(AuditFailure::Mismatch)
+                }
+            }
+        }
     }
 
     /// Whether our own daemon answers at an address our identity

@@ -16,6 +16,8 @@
 pub mod daemon;
 pub mod grant;
 pub mod home;
+pub mod keybackup;
+pub mod members;
 pub use net::idserver;
 pub mod pipeline;
 pub mod remote;

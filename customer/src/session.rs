@@ -38,7 +38,9 @@ pub enum SessionError {
     #[error(transparent)]
     Home(#[from] HomeError),
     /// No suppliers are hired.
-    #[error("no suppliers are hired yet: run `silt suppliers hire --supplier HOST:PORT ...`")]
+    #[error(
+        "no suppliers are hired yet: run `silt suppliers hire --supplier HOST:PORT ...` (in a home restored from a backup: `silt suppliers recover`)"
+    )]
     NoSuppliers,
     /// The supplier list is damaged.
     #[error("cannot read the supplier list: {0}")]
@@ -81,6 +83,11 @@ pub enum SessionError {
     /// A key is unusable for this operation.
     #[error("{0}")]
     Key(String),
+    /// Suppliers are hired already, so there is nothing to recover.
+    #[error(
+        "this home has its suppliers already ({0} positions, see `silt suppliers list`); recovering is for a restored home that has none"
+    )]
+    AlreadyHired(usize),
 }
 
 /// The keys of one location.
@@ -831,6 +838,24 @@ impl Session {
             .check(user, &identity.document().master_key)
             .map_err(|e| SessionError::Key(e.to_string()))?;
         Ok(identity)
+    }
+
+    /// Finds our own suppliers again, from our `suppliers/` record in the
+    /// DHT, which our master key signed (the DHT checks that before it
+    /// returns the record): for a home restored from an identity backup,
+    /// which has the key but not the list of where its data is. The set is
+    /// saved to the home and put in use. Refused when suppliers are hired.
+    pub async fn recover_suppliers(&mut self) -> Result<SupplierSet, SessionError> {
+        if let Ok(set) = self.own_suppliers() {
+            return Err(SessionError::AlreadyHired(set.suppliers.len()));
+        }
+        let user = self.user.clone();
+        let list = self.suppliers_of(&user).await?;
+        let set = owner_set(&user, &list)?;
+        set.save(self.home.dir())
+            .map_err(SessionError::SupplierList)?;
+        self.set_suppliers(set.clone());
+        Ok(set)
     }
 
     /// The suppliers of `user`, from the DHT, checked against their

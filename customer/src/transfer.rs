@@ -856,7 +856,8 @@ pub struct Listed {
 }
 
 /// Reads the names, sizes and dates of the newest version of each object,
-/// unwrapping file keys on every core.
+/// unwrapping file keys on every core. Silt's reserved objects (see
+/// [`NormalPath::key_backup`]) are left out.
 pub fn catalog(
     keys: &LocationKeys,
     versions: &BTreeMap<(ObjectId, u64), Version>,
@@ -916,6 +917,8 @@ pub fn catalog(
             .collect()
     });
     let mut listed = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Silt's own objects (the key backup) are not the user's files.
+    listed.retain(|l| !l.decoder.metadata().path.is_reserved());
     listed.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
     Ok(listed)
 }

@@ -981,6 +981,17 @@ async fn a_share_is_granted_to_a_running_daemon_from_the_command_line() {
     ));
     assert_eq!(granted["files"], 1, "{granted}");
     assert_eq!(granted["endpoint"], listen.as_str(), "{granted}");
+    let members = json(&silt(&alice, &["--json", "share", "members", "holiday"]));
+    assert_eq!(members["members"][0]["user"], bob_id.as_str(), "{members}");
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    // Granting again records Bob once.
+    ok(&silt(&alice, &["share", "grant", "holiday", &bob_id]));
+    let members = json(&silt(&alice, &["--json", "share", "members", "holiday"]));
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    let err = fails(&silt(&bob, &["share", "members", &key_id]));
+    assert!(err.contains("only its owner"), "{err}");
+    let err = fails(&silt(&alice, &["share", "members", "nothing"]));
+    assert!(err.contains("no key"), "{err}");
     let shares = json(&silt(&bob, &["--json", "share", "list"]));
     assert_eq!(shares["shares"][0]["key_id"], key_id.as_str(), "{shares}");
     assert!(
@@ -997,6 +1008,60 @@ async fn a_share_is_granted_to_a_running_daemon_from_the_command_line() {
     ));
     assert_eq!(fs::read(&out).unwrap(), b"meet at noon");
 
+    // Audits: Bob holds both halves of the share's key, and his master key.
+    let bob_master = format!("master${bob_id}");
+    for args in [
+        vec!["--json", "key", "audit", "holiday", &bob_id, "--private"],
+        vec!["--json", "key", "audit", &key_id, &bob_id],
+        vec!["--json", "key", "audit", &bob_master, &bob_id, "--private"],
+        vec!["--json", "key", "audit", &bob_master, &bob_id],
+    ] {
+        let audited = json(&silt(&alice, &args));
+        assert_eq!(audited["matches"], true, "{args:?}: {audited}");
+        assert_eq!(audited["endpoint"], listen.as_str(), "{audited}");
+    }
+    // A key he was never given; one he holds under the same ID but that
+    // is another key; and audits that cannot be made.
+    let secret = json(&silt(
+        &alice,
+        &["--json", "share", "create", "secret", "--size", "2048"],
+    ))["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = fails(&silt(
+        &alice,
+        &["key", "audit", "secret", &bob_id, "--private"],
+    ));
+    assert!(
+        err.contains("refused") && err.contains("no such private key"),
+        "{err}"
+    );
+    ok(&silt(&bob, &["key", "create", "decoy", "--size", "2048"]));
+    let decoy: String = ok(&silt(&bob, &["key", "export", "decoy"]))
+        .lines()
+        .filter(|line| !line.starts_with("Silt-"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let decoy_file = dir.path().join("decoy.pem");
+    fs::write(&decoy_file, decoy).unwrap();
+    ok(&silt(
+        &bob,
+        &[
+            "key",
+            "import",
+            decoy_file.to_str().unwrap(),
+            "--as",
+            &secret,
+        ],
+    ));
+    let err = fails(&silt(&alice, &["key", "audit", "secret", &bob_id]));
+    assert!(err.contains("does not hold the same"), "{err}");
+    let err = fails(&silt(&alice, &["key", "audit", "master", &bob_id]));
+    assert!(err.contains("audit it with them"), "{err}");
+    let err = fails(&silt(&alice, &["key", "audit", "holiday", "not a user"]));
+    assert!(err.contains("not a user ID"), "{err}");
+
     // SIGTERM stops it cleanly.
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -1009,4 +1074,145 @@ async fn a_share_is_granted_to_a_running_daemon_from_the_command_line() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_laptop_gets_its_suppliers_keys_and_files_back() {
+    let server = IdServer::start().await;
+    let other = IdServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice");
+    init(&alice, "alice", &server.addr());
+    let err = fails(&silt(&alice, &["key", "backup"]));
+    assert!(err.contains("no suppliers are hired"), "{err}");
+    ok(&silt(
+        &alice,
+        &[
+            "suppliers",
+            "hire",
+            "--supplier",
+            &server.addr(),
+            "--supplier",
+            &other.addr(),
+        ],
+    ));
+    let err = fails(&silt(&alice, &["key", "restore"]));
+    assert!(err.contains("no file key backup"), "{err}");
+    let err = fails(&silt(&alice, &["suppliers", "recover"]));
+    assert!(err.contains("has its suppliers already"), "{err}");
+
+    // A file in the master location and one in a share.
+    let created = json(&silt(
+        &alice,
+        &["--json", "share", "create", "album", "--size", "2048"],
+    ));
+    let album = created["key_id"].as_str().unwrap().to_owned();
+    let notes: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let photo: Vec<u8> = (0..70_000u32).map(|i| (i % 233) as u8).collect();
+    fs::write(dir.path().join("notes.txt"), &notes).unwrap();
+    fs::write(dir.path().join("photo.jpg"), &photo).unwrap();
+    let notes_path = dir.path().join("notes.txt");
+    let photo_path = dir.path().join("photo.jpg");
+    ok(&silt(&alice, &["put", notes_path.to_str().unwrap()]));
+    ok(&silt(
+        &alice,
+        &[
+            "put",
+            photo_path.to_str().unwrap(),
+            &format!("{album}:photo.jpg"),
+        ],
+    ));
+
+    let backed_up = json(&silt(&alice, &["--json", "key", "backup"]));
+    assert_eq!(backed_up["keys"], 1, "{backed_up}");
+    assert_eq!(backed_up["version"], 1, "{backed_up}");
+    let again = json(&silt(&alice, &["--json", "key", "backup"]));
+    assert_eq!(again["version"], 2, "{again}");
+    // The backup is not one of the user's files.
+    let listing = json(&silt(&alice, &["--json", "ls"]));
+    let paths: Vec<_> = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["notes.txt"]);
+    let pass = [("SILT_PASSPHRASE", "correct horse battery")];
+    let identity_backup = dir.path().join("alice.backup");
+    ok(&silt_with(
+        &alice,
+        &[
+            "identity",
+            "backup",
+            "--out",
+            identity_backup.to_str().unwrap(),
+        ],
+        &pass,
+    ));
+
+    // The laptop is lost. On a new one: the identity, then the suppliers
+    // from the DHT, then the keys from the suppliers.
+    let laptop = dir.path().join("laptop");
+    let restored = json(&silt_with(
+        &laptop,
+        &[
+            "--json",
+            "identity",
+            "restore",
+            identity_backup.to_str().unwrap(),
+            "--bootstrap",
+            &server.addr(),
+        ],
+        &pass,
+    ));
+    assert_eq!(restored["suppliers"]["scheme"], "1+1", "{restored}");
+    assert_eq!(
+        restored["suppliers"]["suppliers"][1]["online"], true,
+        "{restored}"
+    );
+    let copy = dir.path().join("notes.copy");
+    ok(&silt(
+        &laptop,
+        &["get", "notes.txt", copy.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(&copy).unwrap(), notes);
+    let err = fails(&silt(&laptop, &["get", &format!("{album}:photo.jpg"), "x"]));
+    assert!(err.contains("no key"), "{err}");
+
+    let report = json(&silt(&laptop, &["--json", "key", "restore"]));
+    assert_eq!(report["version"], 2, "{report}");
+    assert_eq!(report["keys"][0]["key_id"], album.as_str(), "{report}");
+    assert_eq!(report["keys"][0]["outcome"], "added", "{report}");
+    let key_file = laptop.join(format!("keys/{album}.private"));
+    assert_eq!(
+        fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(files(&laptop.join("keys")).iter().all(|p| {
+        !p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".key-backup")
+    }));
+    let copy = dir.path().join("photo.copy");
+    ok(&silt(
+        &laptop,
+        &["get", &format!("{album}:photo.jpg"), copy.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(&copy).unwrap(), photo);
+    // Again: nothing to add, nothing replaced.
+    let report = json(&silt(&laptop, &["--json", "key", "restore"]));
+    assert_eq!(report["keys"][0]["outcome"], "held", "{report}");
+
+    // A home restored without seeds finds its suppliers once it has some.
+    let second = dir.path().join("second");
+    ok(&silt_with(
+        &second,
+        &["identity", "restore", identity_backup.to_str().unwrap()],
+        &pass,
+    ));
+    let err = fails(&silt(&second, &["suppliers", "recover"]));
+    assert!(err.contains("no seeds"), "{err}");
+    let err = fails(&silt(&second, &["ls"]));
+    assert!(err.contains("silt suppliers recover"), "{err}");
 }

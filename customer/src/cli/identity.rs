@@ -36,6 +36,10 @@ pub(crate) enum IdentityCommand {
         /// Where `silt daemon` will listen.
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
+        /// A DHT seed, HOST:PORT (repeatable): kept in config.toml, and used
+        /// at once to find your suppliers again (`silt suppliers recover`).
+        #[arg(long)]
+        bootstrap: Vec<String>,
     },
     /// Forget the pinned master key of another user (after checking the new
     /// fingerprint with them out of band).
@@ -69,7 +73,8 @@ pub(crate) async fn run(ctx: &Ctx, command: IdentityCommand) -> Result<()> {
             file,
             protect,
             listen,
-        } => restore(ctx, file, protect, listen),
+            bootstrap,
+        } => restore(ctx, file, protect, listen, bootstrap).await,
         IdentityCommand::Unpin { user } => {
             let removed = ctx.home.pins().remove(&user)?;
             ctx.out.print(
@@ -173,7 +178,13 @@ fn backup(ctx: &Ctx, out: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn restore(ctx: &Ctx, file: PathBuf, protect: bool, listen: SocketAddr) -> Result<()> {
+async fn restore(
+    ctx: &Ctx,
+    file: PathBuf,
+    protect: bool,
+    listen: SocketAddr,
+    bootstrap: Vec<String>,
+) -> Result<()> {
     ctx.home.ensure_empty()?;
     let passphrase = ctx.passphrase("Passphrase of the backup", false)?;
     let (identity, master) = identity::read_backup(&file, &passphrase)?;
@@ -181,14 +192,37 @@ fn restore(ctx: &Ctx, file: PathBuf, protect: bool, listen: SocketAddr) -> Resul
     let options = InitOptions {
         user_id: document.user_id.clone(),
         id_server: document.user_id.idhost().server_addr(),
-        bootstrap: Vec::new(),
+        bootstrap: bootstrap.clone(),
         listen,
     };
     ctx.home
         .install(&options, &identity, &master, protect.then_some(&passphrase))?;
-    ctx.out.print(
-        format!("restored {} (node id {})", document.user_id, document.node_id()),
-        json!({ "user_id": document.user_id.to_string(), "node_id": document.node_id().to_string() }),
+    let mut human = format!(
+        "restored {} (node id {})",
+        document.user_id,
+        document.node_id()
     );
+    let mut report = json!({ "user_id": document.user_id.to_string(), "node_id": document.node_id().to_string() });
+    // The identity is back whatever happens next; finding the suppliers is
+    // a second step, which `silt suppliers recover` can repeat.
+    if !bootstrap.is_empty() {
+        let found = match customer::session::Session::open(ctx.home.clone(), master) {
+            Ok(mut session) => super::suppliers::recover(&mut session).await,
+            Err(e) => Err(e.into()),
+        };
+        match found {
+            Ok((text, suppliers)) => {
+                human = format!("{human}\n{text}");
+                report["suppliers"] = suppliers;
+            }
+            Err(e) => {
+                ctx.out.warn(format_args!(
+                    "your suppliers were not found yet ({e:#}); try `silt suppliers recover` later"
+                ));
+                report["suppliers"] = serde_json::Value::Null;
+            }
+        }
+    }
+    ctx.out.print(human, report);
     Ok(())
 }

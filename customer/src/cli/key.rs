@@ -1,4 +1,5 @@
-//! `silt key`: create, list, delete, export and import keys.
+//! `silt key`: create, list, delete, export and import keys, and back them
+//! up to and restore them from your own suppliers.
 //!
 //! Exports are PEM with `Silt-*:` header lines before the `BEGIN` line (which
 //! OpenSSL skips), so an export carries its key ID and can be imported as is.
@@ -10,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use common::crypto::{PrivateKey, PublicKey};
 use common::id::{Alias, KeyId};
-use common::keystore::{KeyKind, KeyMeta, NewKey, Origin};
+use common::keystore::{KeyKind, KeyMeta, NewKey, Origin, Restored};
+use customer::grant::AuditKind;
 use serde_json::json;
 
 use super::Ctx;
@@ -62,9 +64,28 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Check that USER holds the same key as you: the public key (a digest
+    /// salted with a fresh nonce), or with --private the private key (a
+    /// signature of the nonce). Their `silt daemon` must be running; it
+    /// answers anyone about its master key and a key's owner about others.
+    Audit {
+        /// `alias$user@idhost`, an alias of your own, or `master$USER`.
+        key_id: String,
+        /// `user@idhost`.
+        user: String,
+        /// Audit the private key.
+        #[arg(long)]
+        private: bool,
+    },
+    /// Store a copy of every key but the master key on your suppliers,
+    /// sealed like your own files (protected keys stay protected).
+    Backup,
+    /// Add the keys of the newest `silt key backup` on your suppliers that
+    /// are not in this home; keys held here are never replaced.
+    Restore,
 }
 
-pub(crate) fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
+pub(crate) async fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
     // Every key command works on an initialised home.
     ctx.home.config()?;
     match command {
@@ -100,7 +121,89 @@ pub(crate) fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
             key_id,
             label,
         } => import(ctx, file, key_id, label),
+        KeyCommand::Audit {
+            key_id,
+            user,
+            private,
+        } => audit(ctx, &key_id, &user, private).await,
+        KeyCommand::Backup => backup(ctx).await,
+        KeyCommand::Restore => restore(ctx).await,
     }
+}
+
+async fn audit(ctx: &Ctx, key_id: &str, user: &str, private: bool) -> Result<()> {
+    let key_id = ctx.key_id(key_id)?;
+    let user: common::id::UserId = user
+        .parse()
+        .with_context(|| format!("{user:?} is not a user ID (user@idhost)"))?;
+    let user = &user;
+    let session = super::session(ctx)?;
+    let (kind, half) = if private {
+        (AuditKind::Private, "private")
+    } else {
+        (AuditKind::Public, "public")
+    };
+    let endpoint = session.audit_key(&key_id, user, kind).await?;
+    ctx.out.print(
+        format!("{user} holds the same {half} key {key_id} as you (their daemon at {endpoint})"),
+        json!({ "key_id": key_id.to_string(), "user": user.to_string(), "private": private, "matches": true, "endpoint": endpoint }),
+    );
+    Ok(())
+}
+
+async fn backup(ctx: &Ctx) -> Result<()> {
+    let session = super::session(ctx)?;
+    let done = session.backup_keys().await?;
+    ctx.out.print(
+        format!(
+            "stored {} key{} on your suppliers (backup version {}); `silt key restore` brings them back",
+            done.keys,
+            if done.keys == 1 { "" } else { "s" },
+            done.version
+        ),
+        json!({ "keys": done.keys, "version": done.version }),
+    );
+    Ok(())
+}
+
+async fn restore(ctx: &Ctx) -> Result<()> {
+    let session = super::session(ctx)?;
+    let done = session.restore_keys().await?;
+    let mut lines = vec![format!("key backup version {}:", done.version)];
+    let mut entries = Vec::with_capacity(done.keys.len());
+    let mut trouble = 0;
+    for restored in &done.keys {
+        let (key_id, outcome, note) = match restored {
+            Restored::Added(meta) => (meta.key_id.to_string(), "added", String::new()),
+            Restored::Held(meta) => (meta.key_id.to_string(), "held", String::new()),
+            Restored::Differs(key_id) => {
+                trouble += 1;
+                (
+                    key_id.to_string(),
+                    "differs",
+                    "another key is held under this ID; kept it".to_owned(),
+                )
+            }
+            Restored::Invalid { key_id, reason } => {
+                trouble += 1;
+                (key_id.to_string(), "invalid", reason.clone())
+            }
+        };
+        lines.push(if note.is_empty() {
+            format!("  {outcome:8} {key_id}")
+        } else {
+            format!("  {outcome:8} {key_id}: {note}")
+        });
+        entries.push(json!({ "key_id": key_id, "outcome": outcome, "note": note }));
+    }
+    ctx.out.print(
+        lines.join("\n"),
+        json!({ "version": done.version, "keys": entries }),
+    );
+    if trouble > 0 {
+        bail!("{trouble} key(s) of the backup were not restored (see above)");
+    }
+    Ok(())
 }
 
 /// The alias of a new key: the one given (never `master`), or a random

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use common::crypto::PrivateKey;
 use common::id::{KeyId, UserId};
 use common::keystore::{KeyKind, KeyMeta, NewKey, Origin};
+use customer::members::Members;
 use serde_json::json;
 
 use super::Ctx;
@@ -40,6 +41,12 @@ pub(crate) enum ShareCommand {
         /// `user@idhost`.
         user: String,
     },
+    /// List whom you granted one of your shares to (keys handed over by
+    /// hand are not known).
+    Members {
+        /// `alias$user@idhost`, or an alias of your own.
+        share: String,
+    },
     /// Delete one of your shares: every file in it on every supplier, then
     /// its key, so that nobody can use it any more.
     Delete {
@@ -57,8 +64,40 @@ pub(crate) async fn run(ctx: &Ctx, command: ShareCommand) -> Result<()> {
         ShareCommand::Create { alias, label, size } => create(ctx, alias, label, size).await,
         ShareCommand::List => list(ctx),
         ShareCommand::Grant { share, user } => grant(ctx, &share, &user).await,
+        ShareCommand::Members { share } => members(ctx, &share),
         ShareCommand::Delete { share, yes } => delete(ctx, &share, yes).await,
     }
+}
+
+fn members(ctx: &Ctx, share: &str) -> Result<()> {
+    let key_id = ctx.key_id(share)?;
+    if key_id.owner() != &ctx.home.config()?.user_id {
+        bail!(
+            "{key_id} belongs to {}; only its owner knows whom it was granted to",
+            key_id.owner()
+        );
+    }
+    // A share of ours that exists.
+    ctx.home.keystore()?.load_public(&key_id)?;
+    let members = Members::new(ctx.home.dir()).of(&key_id)?;
+    let mut human = format!(
+        "{key_id}: granted to {} user{}",
+        members.len(),
+        if members.len() == 1 { "" } else { "s" }
+    );
+    for member in &members {
+        human.push_str(&format!(
+            "\n  {} (epoch {}, {})",
+            member.user,
+            member.epoch,
+            super::date(member.granted_unix)
+        ));
+    }
+    ctx.out.print(
+        human,
+        json!({ "share": key_id.to_string(), "members": members }),
+    );
+    Ok(())
 }
 
 async fn grant(ctx: &Ctx, share: &str, user: &str) -> Result<()> {
@@ -69,6 +108,11 @@ async fn grant(ctx: &Ctx, share: &str, user: &str) -> Result<()> {
     let session = super::session(ctx)?;
     let keys = session.location_keys(&key_id)?;
     let granted = session.grant(&keys, &user).await?;
+    if let Some(reason) = &granted.unrecorded {
+        ctx.out.warn(format_args!(
+            "the grant is not in `silt share members`: {reason}"
+        ));
+    }
     ctx.out.print(
         format!(
             "granted {key_id} to {user} (their daemon at {}; {} files in the share)",
@@ -107,6 +151,10 @@ async fn delete(ctx: &Ctx, share: &str, yes: bool) -> Result<()> {
     let keys = session.location_keys(&key_id)?;
     let deleted = session.delete_share(&keys).await?;
     keystore.delete(&key_id)?;
+    if let Err(e) = Members::new(ctx.home.dir()).forget(&key_id) {
+        ctx.out
+            .warn(format_args!("could not forget its members: {e}"));
+    }
     ctx.out.print(
         format!(
             "deleted {key_id}: {} files removed from {} suppliers, and its key",

@@ -37,6 +37,10 @@ pub(crate) enum SuppliersCommand {
     },
     /// List the hired suppliers and whether they answer.
     List,
+    /// Find your suppliers again after `silt identity restore`: from the
+    /// supplier list your master key signed in the DHT (seeds: bootstrap
+    /// in config.toml).
+    Recover,
     /// Replace the supplier at a position: hire another and rebuild onto it,
     /// from the other positions, every file version the position held.
     Replace {
@@ -70,6 +74,12 @@ pub(crate) async fn run(ctx: &Ctx, command: SuppliersCommand) -> Result<()> {
             quota,
         } => hire(ctx, suppliers, count, ecc, quota).await,
         SuppliersCommand::List => list(ctx).await,
+        SuppliersCommand::Recover => {
+            let mut session = super::session(ctx)?;
+            let (human, json) = recover(&mut session).await?;
+            ctx.out.print(human, json);
+            Ok(())
+        }
         SuppliersCommand::Replace {
             position,
             supplier,
@@ -279,6 +289,40 @@ async fn hire(
         }),
     );
     Ok(())
+}
+
+/// Recovers our supplier set from the DHT and says where it is and which
+/// suppliers answer: the report of `silt suppliers recover`, also given by
+/// `silt identity restore --bootstrap`.
+pub(crate) async fn recover(session: &mut Session) -> Result<(String, serde_json::Value)> {
+    let set = session.recover_suppliers().await?;
+    let mut human = format!(
+        "found your {} suppliers (scheme {}) in the DHT\n",
+        set.suppliers.len(),
+        set.scheme()
+    );
+    let mut rows = Vec::new();
+    for entry in &set.suppliers {
+        let online = probe(session, entry.position).await.is_ok();
+        human.push_str(&format!(
+            "  position {}: {} ({}) {}\n",
+            entry.position,
+            entry.addr,
+            entry.node_id.fmt_short(),
+            if online { "online" } else { "offline" }
+        ));
+        rows.push(json!({
+            "position": entry.position,
+            "addr": entry.addr,
+            "node_id": entry.node_id.to_string(),
+            "online": online,
+        }));
+    }
+    human.push_str("your keys other than the master key: `silt key restore`");
+    Ok((
+        human,
+        json!({ "scheme": set.scheme().to_string(), "suppliers": rows }),
+    ))
 }
 
 async fn list(ctx: &Ctx) -> Result<()> {

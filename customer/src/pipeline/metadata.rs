@@ -47,7 +47,7 @@ impl TryFrom<proto::storage::v1::FileMetadata> for FileMetadata {
     /// Checks the layout: a block size in range and
     /// `block_count = ceil(size / block_size)`.
     fn try_from(wire: proto::storage::v1::FileMetadata) -> Result<Self, Self::Error> {
-        let path = NormalPath::new(&wire.path)
+        let path = NormalPath::from_stored(&wire.path)
             .map_err(|_| PipelineError::Inconsistent("the metadata holds an invalid path"))?;
         checked_block_size(wire.block_size)?;
         if wire.block_count != wire.size.div_ceil(wire.block_size) {

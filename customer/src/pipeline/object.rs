@@ -74,7 +74,32 @@ impl NormalPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The reserved path of Silt's own copy of a user's keys in their master
+    /// location (`silt key backup`). It starts with a NUL byte, which
+    /// [`NormalPath::new`] refuses, so no user path can name it, and
+    /// listings leave it out.
+    pub fn key_backup() -> Self {
+        Self(KEY_BACKUP_PATH.to_owned())
+    }
+
+    /// Whether this is a path Silt keeps for itself.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with('\0')
+    }
+
+    /// Reads a path from stored metadata: a user path, or one of Silt's
+    /// reserved paths.
+    pub(crate) fn from_stored(path: &str) -> Result<Self, PipelineError> {
+        if path == KEY_BACKUP_PATH {
+            return Ok(Self::key_backup());
+        }
+        Self::new(path)
+    }
 }
+
+/// See [`NormalPath::key_backup`].
+const KEY_BACKUP_PATH: &str = "\0silt/key-backup-v1";
 
 impl fmt::Display for NormalPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -194,6 +219,20 @@ mod tests {
             NormalPath::new("a/../b").unwrap_err().to_string(),
             "invalid path \"a/../b\": the path has a `..` component"
         );
+    }
+
+    #[test]
+    fn the_key_backup_path_is_reserved_and_no_user_path_reaches_it() {
+        let reserved = NormalPath::key_backup();
+        assert!(reserved.is_reserved());
+        assert!(reason(reserved.as_str()).contains("NUL"));
+        assert_eq!(
+            NormalPath::from_stored(reserved.as_str()).unwrap(),
+            reserved
+        );
+        let user = NormalPath::from_stored("silt/key-backup-v1").unwrap();
+        assert!(!user.is_reserved());
+        assert!(NormalPath::from_stored("\0silt/other").is_err());
     }
 
     #[test]
