@@ -65,6 +65,9 @@ pub enum KeystoreError {
         #[source]
         source: CryptoError,
     },
+    /// A key backup document cannot be used.
+    #[error("the key backup cannot be used: {0}")]
+    BadBackup(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -265,6 +268,37 @@ pub enum Restored {
         /// What is wrong.
         reason: String,
     },
+    /// It could not be compared with what is here or written (a damaged
+    /// key file here, a full disk).
+    Failed {
+        /// The key.
+        key_id: KeyId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The key IDs in a key backup document.
+pub fn backup_key_ids(backup: &[u8]) -> Result<Vec<KeyId>, KeystoreError> {
+    Ok(parse_backup(backup)?
+        .keys
+        .iter()
+        .map(|k| k.key_id.clone())
+        .collect())
+}
+
+fn parse_backup(backup: &[u8]) -> Result<BackupFile, KeystoreError> {
+    if backup.len() > MAX_BACKUP_BYTES {
+        return Err(KeystoreError::BadBackup("it is too large".into()));
+    }
+    let document: BackupFile = serde_json::from_slice(backup)
+        .map_err(|e| KeystoreError::BadBackup(format!("it is not a key backup ({e})")))?;
+    if document.format != BACKUP_FORMAT {
+        return Err(KeystoreError::BadBackup(format!(
+            "it is not a {BACKUP_FORMAT} document"
+        )));
+    }
+    Ok(document)
 }
 
 /// The keystore directory.
@@ -475,6 +509,7 @@ impl Keystore {
     /// key protected by a passphrase stays protected. A damaged key file
     /// fails the backup rather than being left out unseen.
     pub fn backup(&self) -> Result<KeyBackup, KeystoreError> {
+        let _lock = self.lock()?;
         let mut keys = Vec::new();
         for path in self.key_files()? {
             let (file, meta) = self.read(&path)?;
@@ -502,15 +537,7 @@ impl Keystore {
     /// that is not valid is reported and the others are still restored; a
     /// document that is not a key backup is an error and restores nothing.
     pub fn restore(&self, backup: &[u8]) -> Result<Vec<Restored>, KeystoreError> {
-        let source = self.dir.join("(backup)");
-        if backup.len() > MAX_BACKUP_BYTES {
-            return Err(damaged(&source, "the key backup is too large"));
-        }
-        let document: BackupFile = serde_json::from_slice(backup)
-            .map_err(|e| damaged(&source, &format!("not a key backup: {e}")))?;
-        if document.format != BACKUP_FORMAT {
-            return Err(damaged(&source, "not a silt-key-backup-v1 document"));
-        }
+        let document = parse_backup(backup)?;
         let _lock = self.lock()?;
         let mut report = Vec::with_capacity(document.keys.len());
         for file in &document.keys {
@@ -519,7 +546,14 @@ impl Keystore {
                     key_id: file.key_id.clone(),
                     reason,
                 },
-                Ok(public) => self.restore_one(file, &public)?,
+                // A damaged file here stops this key only.
+                Ok(public) => {
+                    self.restore_one(file, &public)
+                        .unwrap_or_else(|e| Restored::Failed {
+                            key_id: file.key_id.clone(),
+                            reason: e.to_string(),
+                        })
+                }
             });
         }
         Ok(report)
@@ -838,11 +872,20 @@ mod tests {
     fn a_bad_backup_restores_nothing_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let store = Keystore::open(dir.path().join("keys")).unwrap();
-        for junk in [&b"not json"[..], br#"{"format":"other","keys":[]}"#] {
+        for (junk, expected) in [
+            (&b"not json"[..], "not a key backup"),
+            (
+                br#"{"format":"other","keys":[]}"#,
+                "not a silt-key-backup-v1",
+            ),
+        ] {
             let err = store.restore(junk).unwrap_err();
-            assert!(err.to_string().contains("backup"), "{err}");
+            assert!(err.to_string().contains(expected), "{err}");
         }
-        assert!(store.restore(&vec![b' '; MAX_BACKUP_BYTES + 1]).is_err());
+        let err = store
+            .restore(&vec![b' '; MAX_BACKUP_BYTES + 1])
+            .unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
 
         // One bad entry among good ones: the good ones are restored.
         let source = Keystore::open(dir.path().join("source")).unwrap();
@@ -873,6 +916,25 @@ mod tests {
             "{report:?}"
         );
         assert_eq!(store.list().unwrap().keys.len(), 1);
+
+        // A damaged key file here stops that key only.
+        let damaged_store = Keystore::open(dir.path().join("damaged")).unwrap();
+        let junk = dir.path().join("damaged/photos$alice@id-a.private");
+        atomic_file::write(&junk, b"not json", 0o600).unwrap();
+        let report = damaged_store.restore(&backup.bytes).unwrap();
+        assert!(matches!(&report[0], Restored::Added(_)), "{report:?}");
+        assert!(
+            matches!(&report[1], Restored::Failed { reason, .. } if reason.contains("damaged")),
+            "{report:?}"
+        );
+        assert_eq!(fs::read(&junk).unwrap(), b"not json");
+        assert_eq!(
+            backup_key_ids(&backup.bytes).unwrap(),
+            [
+                "docs$alice@id-a".parse::<KeyId>().unwrap(),
+                "photos$alice@id-a".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -305,6 +305,21 @@ impl Session {
                 "audit another user's copy; your own keys are here".into(),
             ));
         }
+        // Our copy of their master key is the one we pinned before; a key
+        // first seen now would be compared with itself.
+        if key_id.is_master() {
+            let pinned = self
+                .home()
+                .pins()
+                .get(user)
+                .map_err(|e| AuditError::Unusable(e.to_string()))?;
+            if pinned.is_none() {
+                return Err(AuditError::Unusable(format!(
+                    "no key is pinned for {user} yet, so there is no copy of yours to compare with; \
+                     check their fingerprint with them out of band (a grant to them pins it)"
+                )));
+            }
+        }
         let identity = self
             .identity_of(user)
             .await

@@ -19,14 +19,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::keystore::{Keystore, KeystoreError, Restored};
+use common::id::KeyId;
+use common::keystore::{self, Keystore, KeystoreError, Restored};
 use common::manifest::ObjectId;
 use zeroize::Zeroizing;
 
 use crate::home::HomeError;
 use crate::pipeline::NormalPath;
 use crate::session::{LocationKeys, Session, SessionError};
-use crate::transfer::{TransferError, newest};
+use crate::transfer::{TransferError, Version, newest};
 
 /// What `silt key backup` stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +47,44 @@ pub struct KeysRestored {
     pub keys: Vec<Restored>,
 }
 
+/// Keys of the newest backup that a new one may leave out although this
+/// home does not hold them.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaveOut<'a> {
+    /// None: a backup that would drop a key is refused.
+    Nothing,
+    /// These, which were deleted here on purpose.
+    These(&'a [KeyId]),
+    /// Every one (`silt key backup --prune`).
+    All,
+}
+
+impl LeaveOut<'_> {
+    fn covers(&self, key_id: &KeyId) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::These(ids) => ids.contains(key_id),
+            Self::All => true,
+        }
+    }
+}
+
+/// How scratch files are named; the download's temporary file adds a dot
+/// in front.
+const SCRATCH_PREFIX: &str = ".key-backup-";
+/// A scratch file older than this was left by a process that was killed.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A file in the keystore directory (mode 0700) that is removed when
 /// dropped; the keystore ignores its name.
 struct Scratch(PathBuf);
 
 impl Scratch {
-    /// A new empty file, mode 0600.
+    /// A new empty file, mode 0600. Removes scratch files that a killed
+    /// process left behind, since they may hold keys in the clear.
     fn create(dir: &Path) -> Result<Self, TransferError> {
-        let path = dir.join(format!(".key-backup-{:016x}", rand::random::<u64>()));
+        remove_stale(dir);
+        let path = dir.join(format!("{SCRATCH_PREFIX}{:016x}", rand::random::<u64>()));
         File::options()
             .write(true)
             .create_new(true)
@@ -77,6 +108,31 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Removes scratch files (and their downloads' temporary files) older than
+/// [`STALE_AFTER`]; younger ones may belong to a command still running.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with(SCRATCH_PREFIX)
+            || name
+                .strip_prefix('.')
+                .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if ours && stale {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -105,10 +161,38 @@ impl Session {
 
     /// Stores every key but master keys on our own suppliers, as a new
     /// version of the key backup in our master location.
-    pub async fn backup_keys(&self) -> Result<KeysBackedUp, TransferError> {
+    ///
+    /// A backup never silently drops a key: if the newest backup holds keys
+    /// that this home does not (a new device before `silt key restore`, or
+    /// a key deleted here), it is refused unless `leave_out` names them.
+    pub async fn backup_keys(
+        &self,
+        leave_out: LeaveOut<'_>,
+    ) -> Result<KeysBackedUp, TransferError> {
         let (keystore, keys, path, object) = self.key_backup_object()?;
-        let (held, _) = self.versions(&keys, Some(object)).await?;
+        let (held, unreachable) = self.versions(&keys, Some(object)).await?;
         let version = held.keys().map(|(_, v)| v + 1).max().unwrap_or(1);
+        if let Some(previous) = newest(held.values()) {
+            let bytes = self
+                .read_key_backup(&keystore, &keys, previous, &unreachable)
+                .await?;
+            let missing: Vec<String> = keystore::backup_key_ids(&bytes)
+                .map_err(keystore_err)?
+                .into_iter()
+                .filter(|id| !keystore.contains(id) && !leave_out.covers(id))
+                .map(|id| id.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Err(SessionError::Key(format!(
+                    "the newest key backup (version {}) holds {} key(s) this home does not: {}; \
+                     run `silt key restore` to bring them here first, or `silt key backup --prune` to leave them out",
+                    previous.manifest.version,
+                    missing.len(),
+                    missing.join(", ")
+                ))
+                .into());
+            }
+        }
 
         let backup = keystore.backup().map_err(keystore_err)?;
         let scratch = Scratch::create(keystore.dir())?;
@@ -128,17 +212,37 @@ impl Session {
         let (keystore, keys, _, object) = self.key_backup_object()?;
         let (held, unreachable) = self.versions(&keys, Some(object)).await?;
         let Some(version) = newest(held.values()) else {
-            return Err(TransferError::NotFound(if unreachable.is_empty() {
-                "key backup on your suppliers (make one with `silt key backup`)".into()
+            return Err(SessionError::Key(if unreachable.is_empty() {
+                "there is no key backup on your suppliers (make one with `silt key backup`)".into()
             } else {
                 format!(
-                    "key backup on the suppliers that answered; unreachable supplier positions: {unreachable:?}"
+                    "there is no key backup on the suppliers that answered; unreachable supplier positions: {unreachable:?}"
                 )
-            }));
+            })
+            .into());
         };
+        let bytes = self
+            .read_key_backup(&keystore, &keys, version, &unreachable)
+            .await?;
+        let restored = keystore.restore(&bytes).map_err(keystore_err)?;
+        Ok(KeysRestored {
+            version: version.manifest.version,
+            keys: restored,
+        })
+    }
+
+    /// Downloads one version of the key backup into memory, through a mode
+    /// 0600 file in the keystore directory that is removed at once.
+    async fn read_key_backup(
+        &self,
+        keystore: &Keystore,
+        keys: &LocationKeys,
+        version: &Version,
+        unreachable: &[u32],
+    ) -> Result<Zeroizing<Vec<u8>>, TransferError> {
         // Written under its own mode 0600, which the download keeps.
         let scratch = Scratch::create(keystore.dir())?;
-        self.download(&keys, version, &scratch.0, &unreachable, no_progress())
+        self.download(keys, version, &scratch.0, unreachable, no_progress())
             .await?;
         let mut bytes = Zeroizing::new(Vec::new());
         std::io::Read::read_to_end(
@@ -146,11 +250,6 @@ impl Session {
             &mut bytes,
         )
         .map_err(scratch.io())?;
-        drop(scratch);
-        let restored = keystore.restore(&bytes).map_err(keystore_err)?;
-        Ok(KeysRestored {
-            version: version.manifest.version,
-            keys: restored,
-        })
+        Ok(bytes)
     }
 }

@@ -856,8 +856,8 @@ pub struct Listed {
 }
 
 /// Reads the names, sizes and dates of the newest version of each object,
-/// unwrapping file keys on every core. Silt's reserved objects (see
-/// [`NormalPath::key_backup`]) are left out.
+/// unwrapping file keys on every core. Silt's reserved objects in a
+/// master location (see [`NormalPath::key_backup`]) are left out.
 pub fn catalog(
     keys: &LocationKeys,
     versions: &BTreeMap<(ObjectId, u64), Version>,
@@ -917,8 +917,12 @@ pub fn catalog(
             .collect()
     });
     let mut listed = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
-    // Silt's own objects (the key backup) are not the user's files.
-    listed.retain(|l| !l.decoder.metadata().path.is_reserved());
+    // Silt's own objects (the key backup) are not the user's files. Only
+    // our master location holds them; anywhere else such a path is shown,
+    // so that nobody can hide files in a share.
+    if keys.key_id.is_master() {
+        listed.retain(|l| !l.decoder.metadata().path.is_reserved());
+    }
     listed.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
     Ok(listed)
 }

@@ -13,6 +13,7 @@ use common::crypto::{PrivateKey, PublicKey};
 use common::id::{Alias, KeyId};
 use common::keystore::{KeyKind, KeyMeta, NewKey, Origin, Restored};
 use customer::grant::AuditKind;
+use customer::keybackup::LeaveOut;
 use serde_json::json;
 
 use super::Ctx;
@@ -79,7 +80,12 @@ pub(crate) enum KeyCommand {
     },
     /// Store a copy of every key but the master key on your suppliers,
     /// sealed like your own files (protected keys stay protected).
-    Backup,
+    Backup {
+        /// Leave out keys that the newest backup holds and this home does
+        /// not (without it, such a backup is refused).
+        #[arg(long)]
+        prune: bool,
+    },
     /// Add the keys of the newest `silt key backup` on your suppliers that
     /// are not in this home; keys held here are never replaced.
     Restore,
@@ -126,7 +132,7 @@ pub(crate) async fn run(ctx: &Ctx, command: KeyCommand) -> Result<()> {
             user,
             private,
         } => audit(ctx, &key_id, &user, private).await,
-        KeyCommand::Backup => backup(ctx).await,
+        KeyCommand::Backup { prune } => backup(ctx, prune).await,
         KeyCommand::Restore => restore(ctx).await,
     }
 }
@@ -151,9 +157,15 @@ async fn audit(ctx: &Ctx, key_id: &str, user: &str, private: bool) -> Result<()>
     Ok(())
 }
 
-async fn backup(ctx: &Ctx) -> Result<()> {
+async fn backup(ctx: &Ctx, prune: bool) -> Result<()> {
     let session = super::session(ctx)?;
-    let done = session.backup_keys().await?;
+    let done = session
+        .backup_keys(if prune {
+            LeaveOut::All
+        } else {
+            LeaveOut::Nothing
+        })
+        .await?;
     ctx.out.print(
         format!(
             "stored {} key{} on your suppliers (backup version {}); `silt key restore` brings them back",
@@ -187,6 +199,10 @@ async fn restore(ctx: &Ctx) -> Result<()> {
             Restored::Invalid { key_id, reason } => {
                 trouble += 1;
                 (key_id.to_string(), "invalid", reason.clone())
+            }
+            Restored::Failed { key_id, reason } => {
+                trouble += 1;
+                (key_id.to_string(), "failed", reason.clone())
             }
         };
         lines.push(if note.is_empty() {

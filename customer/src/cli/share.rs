@@ -11,6 +11,7 @@ use clap::Subcommand;
 use common::crypto::PrivateKey;
 use common::id::{KeyId, UserId};
 use common::keystore::{KeyKind, KeyMeta, NewKey, Origin};
+use customer::keybackup::LeaveOut;
 use customer::members::Members;
 use serde_json::json;
 
@@ -155,6 +156,15 @@ async fn delete(ctx: &Ctx, share: &str, yes: bool) -> Result<()> {
         ctx.out
             .warn(format_args!("could not forget its members: {e}"));
     }
+    // So that a later `silt key restore` does not bring the key back.
+    if let Err(e) = session
+        .backup_keys(LeaveOut::These(std::slice::from_ref(&key_id)))
+        .await
+    {
+        ctx.out.warn(format_args!(
+            "your key backup still holds {key_id} ({e}); `silt key backup --prune` drops it"
+        ));
+    }
     ctx.out.print(
         format!(
             "deleted {key_id}: {} files removed from {} suppliers, and its key",
@@ -212,6 +222,21 @@ async fn create(ctx: &Ctx, alias: Option<String>, label: String, size: usize) ->
         ));
     }
     let registered = positions - missed.len();
+    // A new key is kept on our suppliers at once: without it, everything
+    // in the share would be lost with this device.
+    let backed_up = if created {
+        match session.backup_keys(LeaveOut::Nothing).await {
+            Ok(done) => Some(done.version),
+            Err(e) => {
+                ctx.out.warn(format_args!(
+                    "{key_id} is not in your key backup yet ({e}); run `silt key backup`"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
     ctx.out.print(
         format!(
             "{} {key_id}, registered with {registered} of {positions} suppliers\n\
@@ -225,6 +250,7 @@ async fn create(ctx: &Ctx, alias: Option<String>, label: String, size: usize) ->
             "suppliers": positions,
             "missed": missed.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "epoch": meta.epoch,
+            "key_backup_version": backed_up,
         }),
     );
     Ok(())
