@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::session::Session;
@@ -92,6 +92,7 @@ impl Daemon {
         let service = PeerServer::new(PeerService {
             session,
             limits: Limits::new(),
+            backups: Arc::default(),
         })
         .max_decoding_message_size(MAX_MESSAGE + 4096);
         let server = tokio::spawn(
@@ -143,6 +144,8 @@ pub enum DaemonError {
 struct PeerService {
     session: Arc<Session>,
     limits: Limits,
+    /// Held while a key backup runs.
+    backups: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Rate limits on the requests that cost us an RSA operation or a lookup
@@ -359,7 +362,39 @@ impl PeerService {
             debug!(%sender, error = %e, "sender not pinned");
         }
         info!(key = %key_id, from = %sender, files = grant.file_names.len(), "share received");
+        self.back_up_keys();
         Ok(())
+    }
+
+    /// Stores a key backup that holds a key just received, in the
+    /// background, if we have suppliers: the member's copy of a share key
+    /// is then as safe as the owner's. One at a time, so that two grants do
+    /// not race for the same backup version.
+    fn back_up_keys(&self) {
+        let session = match self.session.reopen() {
+            Ok(session) => session,
+            Err(e) => {
+                warn!(error = %e, "no key backup after a grant");
+                return;
+            }
+        };
+        if session.own_suppliers().is_err() {
+            debug!("no suppliers hired: no key backup after a grant");
+            return;
+        }
+        let one_at_a_time = self.backups.clone();
+        tokio::spawn(async move {
+            let _turn = one_at_a_time.lock().await;
+            match session
+                .backup_keys(crate::keybackup::LeaveOut::Nothing)
+                .await
+            {
+                Ok(done) => info!(version = done.version, keys = done.keys, "keys backed up"),
+                Err(e) => {
+                    warn!(error = %e, "the received key is not in your key backup; run `silt key backup`")
+                }
+            }
+        });
     }
 
     /// The key an audit by `peer` names, once the audit may go ahead: its

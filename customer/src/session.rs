@@ -173,6 +173,17 @@ async fn keep_proving(
 impl Session {
     /// Opens a session with an unlocked master key.
     pub fn open(home: Home, master: PrivateKey) -> Result<Self, SessionError> {
+        Self::open_shared(home, Arc::new(master))
+    }
+
+    /// A new session on the same home and key, which reads the home again:
+    /// for a long-running process (the daemon) whose user may have hired
+    /// suppliers since it started.
+    pub fn reopen(&self) -> Result<Self, SessionError> {
+        Self::open_shared(self.home.clone(), self.master.clone())
+    }
+
+    fn open_shared(home: Home, master: Arc<PrivateKey>) -> Result<Self, SessionError> {
         let config = home.config()?;
         let identity = home.identity()?;
         if identity.document().master_key != *master.public_key() {
@@ -187,7 +198,7 @@ impl Session {
         Ok(Self {
             home,
             user: config.user_id,
-            master: Arc::new(master),
+            master,
             identity,
             dialer,
             suppliers,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::crypto::{PrivateKey, Purpose};
 use common::id::{KeyId, UserId};
-use common::keystore::{NewKey, Origin};
+use common::keystore::{NewKey, Origin, Restored};
 use common::sealed::{self, KIND_GRANT};
 use customer::grant::GrantError;
 use customer::pipeline::NormalPath;
@@ -110,6 +110,16 @@ async fn a_granted_member_reads_the_share_and_forged_grants_are_refused() {
 
     // Bob's daemon is online: the grant goes through all five steps.
     let (mut bob, bob_daemon) = net.customer_with_daemon("bob").await.unwrap();
+    // Bob hires suppliers of his own after his daemon started; it backs
+    // up the keys it receives there.
+    let entries = bob.hire(&net.addrs(), 1 << 28).await.unwrap();
+    let bob_set = SupplierSet {
+        data: 1,
+        parity: 2,
+        suppliers: entries,
+    };
+    bob_set.save(bob.home().dir()).unwrap();
+    bob.set_suppliers(bob_set);
     let granted = alice.grant(&keys, bob.user()).await.unwrap();
     assert_eq!(granted.endpoint, bob_daemon.local_addr().to_string());
     assert_eq!(granted.files, 1);
@@ -118,6 +128,24 @@ async fn a_granted_member_reads_the_share_and_forged_grants_are_refused() {
     assert_eq!(meta.label, "summer");
     // Granting again changes nothing.
     alice.grant(&keys, bob.user()).await.unwrap();
+    // The received key reaches Bob's key backup without his doing.
+    let backed_up = async {
+        let mut pace = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            pace.tick().await;
+            if let Ok(restored) = bob.restore_keys().await
+                && restored
+                    .keys
+                    .iter()
+                    .any(|r| matches!(r, Restored::Held(meta) if meta.key_id == key_id))
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), backed_up)
+        .await
+        .expect("the daemon never backed up the received key");
 
     // Bob reads the share with the key he was given.
     let bob_keys = bob.location_keys(&key_id).unwrap();
